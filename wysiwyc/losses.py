@@ -1,0 +1,243 @@
+"""Loss functions of the Explainer and its baselines (DESIGN.md section 1).
+
+All functions are pure, NHWC with the class axis last, jit-compatible and
+differentiable. `min_area` and `max_area` must be Python floats (they fix the
+reference masks); loss weights may be Python floats or traced scalars. Every term
+is finite, so a weight of 0 removes the term and its gradient exactly.
+"""
+
+import math
+from typing import Callable, Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = jax.Array
+Classify = Callable[[Array], Array]  # images (N,H,W,3) -> logits (N,C)
+Segment = Callable[[Array], Array]  # images (N,H,W,3) -> segmentation logits (N,H,W,C)
+
+
+def extract_masks(segmentations: Array, targets: Array) -> tuple[Array, Array]:
+  """Target and non-target masks, each (B,H,W) in [0,1].
+
+  target_mask = sigmoid(max over target classes of the logits), non_target_mask
+  likewise over the other classes. An empty class set gives a mask of zeros.
+  """
+  chex.assert_rank(segmentations, 4)
+  chex.assert_rank(targets, 2)
+  chex.assert_equal((segmentations.shape[0], segmentations.shape[-1]), targets.shape)
+  is_target = (targets > 0.5)[:, None, None, :]
+
+  def max_sigmoid(selected):
+    # -inf for unselected classes: max over an empty set is -inf, sigmoid(-inf) = 0,
+    # and neither value nor gradient is NaN.
+    logits = jnp.where(selected, segmentations, -jnp.inf)
+    return jax.nn.sigmoid(jnp.max(logits, axis=-1))
+
+  return max_sigmoid(is_target), max_sigmoid(~is_target)
+
+
+def classification_loss(logits: Array, targets: Array, multilabel: bool = True) -> Array:
+  """Mean sigmoid BCE (multi-label) or softmax CE against argmax(targets)."""
+  chex.assert_equal_shape([logits, targets])
+  if multilabel:
+    return optax.sigmoid_binary_cross_entropy(logits, targets).mean()
+  labels = jnp.argmax(targets, axis=-1)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def entropy_loss(logits: Array) -> Array:
+  """Negative mean entropy of softmax(logits) over batch and classes (min: uniform)."""
+  probs = jnp.clip(jax.nn.softmax(logits, axis=-1), 1e-16)
+  return jnp.mean(probs * jnp.log(probs))
+
+
+def total_variation(mask: Array, squared: bool = False) -> Array:
+  """Mean over (B,H,W) of the right plus down neighbour differences of `mask`.
+
+  The last column (row) has no right (down) neighbour; like the authors'
+  reflect-padded convolution it is compared with column W-2 (row H-2) instead.
+  `squared` squares the differences (Real-Time Saliency), else takes |.|.
+  """
+  chex.assert_rank(mask, 3)
+  penalty = jnp.square if squared else jnp.abs
+
+  def reflected_diffs(axis):
+    diffs = penalty(jnp.diff(mask, axis=axis))  # length n-1 along `axis`
+    last = jax.lax.slice_in_dim(diffs, -1, None, axis=axis)  # |a[n-1] - a[n-2]|
+    return jnp.concatenate([diffs, last], axis=axis)
+
+  return jnp.mean(reflected_diffs(2) + reflected_diffs(1))
+
+
+def _sorted_area_reference(num_pixels: int, area: float) -> Array:
+  """[1]*floor(num_pixels*area) + [0]*rest, the ideal descending-sorted mask."""
+  return (jnp.arange(num_pixels) < int(num_pixels * area)).astype(jnp.float32)
+
+
+def class_mask_area_loss(segmentations: Array, targets: Array, min_area: float,
+                         max_area: float) -> Array:
+  """Area constraint on the class masks of each image's target classes.
+
+  Per (image, target class): sort sigmoid(S_c) descending, mean over pixels of
+  relu(r_min - sorted) + relu(sorted - r_max); summed over the image's target
+  classes, then averaged over the batch. Uses the real H*W.
+  """
+  chex.assert_rank(segmentations, 4)
+  chex.assert_equal((segmentations.shape[0], segmentations.shape[-1]), targets.shape)
+  if not 0.0 <= min_area <= max_area <= 1.0:
+    raise ValueError(f'need 0 <= min_area <= max_area <= 1, got {min_area}, {max_area}')
+  b, h, w, c = segmentations.shape
+  masks = jax.nn.sigmoid(segmentations).reshape(b, h * w, c)
+  sorted_masks = -jnp.sort(-masks, axis=1)  # descending along pixels
+  per_pixel = jnp.zeros_like(sorted_masks)
+  if min_area > 0.0:
+    per_pixel += jax.nn.relu(_sorted_area_reference(h * w, min_area)[:, None] - sorted_masks)
+  if max_area < 1.0:
+    per_pixel += jax.nn.relu(sorted_masks - _sorted_area_reference(h * w, max_area)[:, None])
+  per_class = per_pixel.mean(axis=1)  # (B,C)
+  return jnp.sum(per_class * (targets > 0.5), axis=-1).mean()
+
+
+def explainer_loss(segmentations: Array, images: Array, targets: Array, classify: Classify, *,
+                   lambda_c: float = 1.0, lambda_e: float = 1.0, lambda_tv: float = 1.0,
+                   lambda_ac: float = 1.0, lambda_t: float = 0.1, lambda_nt: float = 0.3,
+                   min_area: float = 0.05, max_area: float = 0.3,
+                   multilabel: bool = True) -> tuple[Array, dict[str, Array]]:
+  """The Explainer's loss (Stalder et al. 2022). Returns (total, unweighted terms)."""
+  chex.assert_rank([segmentations, images, targets], [4, 4, 2])
+  chex.assert_equal(segmentations.shape[:3], images.shape[:3])
+  segmentations = segmentations.astype(jnp.float32)  # losses in f32 under mixed precision
+  target_mask, non_target_mask = extract_masks(segmentations, targets)
+  keep = target_mask[..., None]
+  logits = classify(jnp.concatenate([keep * images, (1.0 - keep) * images]))
+  logits_keep, logits_drop = jnp.split(logits.astype(jnp.float32), 2)
+  aux = {
+      'classification': classification_loss(logits_keep, targets, multilabel),
+      'entropy': entropy_loss(logits_drop),
+      'tv': total_variation(target_mask) + total_variation(non_target_mask),
+      'area_class': class_mask_area_loss(segmentations, targets, min_area, max_area),
+      'area_target': target_mask.mean(),
+      'area_non_target': non_target_mask.mean(),
+  }
+  weights = {'classification': lambda_c, 'entropy': lambda_e, 'tv': lambda_tv,
+             'area_class': lambda_ac, 'area_target': lambda_t, 'area_non_target': lambda_nt}
+  return _weighted_total(aux, weights)
+
+
+def real_time_saliency_loss(segmentations: Array, images: Array, targets: Array,
+                            classify: Classify, *, lambda_tv: float = 10.0,
+                            lambda_area: float = 1.0, lambda_preserve: float = 1.0,
+                            lambda_destroy: float = 5.0, destroyer_power: float = 0.3,
+                            alternative_images: Optional[Array] = None
+                            ) -> tuple[Array, dict[str, Array]]:
+  """Real-Time Saliency baseline loss (Dabkowski & Gal, as adapted by the authors).
+
+  total = lambda_tv*TVsq(m) + lambda_area*mean(m) + lambda_preserve*preserver
+          + lambda_destroy*destroyer**destroyer_power
+  preserver = mean over (image, target class) pairs of -log sigmoid(logit of the kept
+  image), destroyer = the same mean of sigmoid(logit of the dropped image). The
+  masked-out pixels are replaced by `alternative_images` (zeros if None, as in
+  DESIGN.md; the authors use `saliency_alternative_images`). aux['destroyer'] is the
+  mean before the power.
+  """
+  chex.assert_rank([segmentations, images, targets], [4, 4, 2])
+  chex.assert_equal(segmentations.shape[:3], images.shape[:3])
+  target_mask, _ = extract_masks(segmentations.astype(jnp.float32), targets)
+  keep = target_mask[..., None]
+  alt = jnp.zeros_like(images) if alternative_images is None else alternative_images
+  chex.assert_equal_shape([images, alt])
+  kept = keep * images + (1.0 - keep) * alt
+  dropped = (1.0 - keep) * images + keep * alt
+  logits = classify(jnp.concatenate([kept, dropped])).astype(jnp.float32)
+  logits_keep, logits_drop = jnp.split(logits, 2)
+  is_target = (targets > 0.5).astype(logits_keep.dtype)
+  num_pairs = jnp.maximum(is_target.sum(), 1.0)  # no target in the batch -> terms are 0
+  destroyer = jnp.sum(jax.nn.sigmoid(logits_drop) * is_target) / num_pairs
+  aux = {
+      'tv': total_variation(target_mask, squared=True),
+      'area': target_mask.mean(),
+      'preserver': -jnp.sum(jax.nn.log_sigmoid(logits_keep) * is_target) / num_pairs,
+      'destroyer': destroyer,
+  }
+  # Floor keeps d**0.3 and its gradient finite when the destroyer is exactly 0.
+  destroyer_term = jnp.maximum(destroyer, 1e-12) ** destroyer_power
+  total = (lambda_tv * aux['tv'] + lambda_area * aux['area']
+           + lambda_preserve * aux['preserver'] + lambda_destroy * destroyer_term)
+  return total, {**aux, 'loss': total}
+
+
+def saliency_alternative_images(rng: Array, images: Array, sigma: float = 10.0) -> Array:
+  """The authors' Real-Time Saliency background: blur or colour noise (50/50 per batch).
+
+  Blur: separable Gaussian (sigma 10, radius ceil(4 sigma), zero padding). Colour:
+  N(0.11, 1) pixel noise plus a uniform(-0.33, 0.33) offset per image and channel
+  (torch `normal_(0.11)` sets the mean, not the std).
+  """
+  b, h, w, c = images.shape
+  choice_rng, noise_rng, colour_rng = jax.random.split(rng, 3)
+  radius = math.ceil(4 * sigma)
+
+  def gaussian(offsets):
+    return jnp.exp(-(offsets / (math.sqrt(2) * sigma + 1.1920929e-07)) ** 2)
+
+  def blur_matrix(n):  # (n,n) band: zero-padded 1-D convolution with the normalized kernel
+    distance = jnp.arange(n)[None, :] - jnp.arange(n)[:, None]
+    band = jnp.where(jnp.abs(distance) <= radius, gaussian(distance), 0.0)
+    return band / gaussian(jnp.arange(-radius, radius + 1)).sum()
+
+  blurred = jnp.einsum('ik,bklc,jl->bijc', blur_matrix(h), images, blur_matrix(w))
+  colour = (jax.random.normal(noise_rng, images.shape) + 0.11
+            + jax.random.uniform(colour_rng, (b, 1, 1, c), minval=-0.33, maxval=0.33))
+  return jnp.where(jax.random.bernoulli(choice_rng), blurred, colour).astype(images.dtype)
+
+
+def self_explainer_loss(segment: Segment, images: Array, targets: Array, *,
+                        lambda_c: float = 1.0, lambda_similarity: float = 1.0,
+                        lambda_tv: float = 1.0, lambda_ac: float = 1.0, lambda_t: float = 0.1,
+                        lambda_nt: float = 0.3, lambda_coherency: float = 1.0,
+                        min_area: float = 0.05, max_area: float = 0.3,
+                        multilabel: bool = True) -> tuple[Array, dict[str, Array]]:
+  """Self-explaining classifier loss (the authors' InterpretableFCNN).
+
+  One network gives masks S and logits mean_{H,W}(S). Teacher pass on x, student
+  pass on m_t * x (gradient flows through m_t, as in the authors' code). Terms:
+  classification of teacher and student, logit similarity mean|l_t - l_s|, TV of
+  both target masks, area terms of both passes, coherency mean|m_t - m_s|.
+  """
+  chex.assert_rank([images, targets], [4, 2])
+
+  def one_pass(x):
+    segmentations = segment(x).astype(jnp.float32)
+    chex.assert_equal(segmentations.shape[:3], x.shape[:3])
+    target_mask, non_target_mask = extract_masks(segmentations, targets)
+    return segmentations, target_mask, non_target_mask, segmentations.mean(axis=(1, 2))
+
+  seg_t, mask_t, nc_mask_t, logits_t = one_pass(images)
+  seg_s, mask_s, nc_mask_s, logits_s = one_pass(mask_t[..., None] * images)
+  aux = {
+      'classification_teacher': classification_loss(logits_t, targets, multilabel),
+      'classification_student': classification_loss(logits_s, targets, multilabel),
+      'similarity': jnp.abs(logits_t - logits_s).mean(),
+      # The authors smooth only the target masks here (the Explainer smooths both).
+      'tv': total_variation(mask_t) + total_variation(mask_s),
+      'area_class': (class_mask_area_loss(seg_t, targets, min_area, max_area)
+                     + class_mask_area_loss(seg_s, targets, min_area, max_area)),
+      'area_target': mask_t.mean() + mask_s.mean(),
+      'area_non_target': nc_mask_t.mean() + nc_mask_s.mean(),
+      'coherency': jnp.abs(mask_t - mask_s).mean(),
+  }
+  weights = {'classification_teacher': lambda_c, 'classification_student': lambda_c,
+             'similarity': lambda_similarity, 'tv': lambda_tv, 'area_class': lambda_ac,
+             'area_target': lambda_t, 'area_non_target': lambda_nt,
+             'coherency': lambda_coherency}
+  return _weighted_total(aux, weights)
+
+
+def _weighted_total(aux: dict[str, Array], weights: dict[str, float]
+                    ) -> tuple[Array, dict[str, Array]]:
+  """sum(weight * term); all terms are finite, so a 0 weight removes a term and its gradient."""
+  total = sum(weights[name] * term for name, term in aux.items())
+  return total, {**aux, 'loss': total}
