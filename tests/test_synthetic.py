@@ -1,0 +1,269 @@
+"""Tests of wysiwyc.data.synthetic: geometry against skimage, occlusion rules, determinism,
+config hashing and TFDS preparation (tiny: 32x32 images, 20/8/8 examples)."""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import skimage.draw
+
+from wysiwyc.data import synthetic
+
+TINY = dict(image_size=32, num_train=20, num_validation=8, num_test=8, seed=3)
+
+
+def tiny_params(**overrides) -> synthetic.SyntheticParams:
+  return synthetic.SyntheticParams(**{**TINY, **overrides})
+
+
+def tiny_data_config(data_dir, **overrides):
+  config = synthetic.default_data_config()
+  config.data_dir = str(data_dir)
+  config.image_size = 32
+  config.synthetic.update({**TINY, **overrides})
+  return config
+
+
+def read_split(builder, split):
+  """Examples of a prepared split as numpy dicts, in the (fixed) stored order."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
+
+
+# ------------------------------------------------------------------------------- geometry
+
+
+def reference_polygon_mask(size, center, radius, angle, radii):
+  """skimage's polygon fill of the star/regular polygon with vertex radii `radii` (cycled),
+  first vertex at `angle`; skimage puts pixel centres at integers, we at +0.5."""
+  n = len(radii)
+  angles = angle + 2 * np.pi * np.arange(n) / n
+  rows = center[0] + np.asarray(radii) * radius * np.sin(angles) - 0.5
+  cols = center[1] + np.asarray(radii) * radius * np.cos(angles) - 0.5
+  mask = np.zeros((size, size), bool)
+  mask[skimage.draw.polygon(rows, cols, (size, size))] = True
+  return mask
+
+
+@pytest.mark.parametrize('name,radii', [
+    ('square', [1.0] * 4),
+    ('triangle', [1.0] * 3),
+    ('star', [1.0, 0.45] * 5),
+])
+@pytest.mark.parametrize('angle', [0.0, 0.7, 2.9])
+def test_polygons_match_skimage(name, radii, angle):
+  size, center, radius = 48, (23.3, 24.6), 17.0
+  ours = synthetic.rasterize_shape(name, size, center, radius, angle)
+  reference = reference_polygon_mask(size, center, radius, angle, radii)
+  # Pixels whose centre lies exactly on an edge may be decided either way.
+  assert ours.sum() > 100
+  assert np.sum(ours != reference) <= 0.02 * reference.sum()
+
+
+def test_round_shapes_match_slow_reference():
+  size, center, radius = 40, (19.2, 21.7), 13.0
+  ys, xs = np.mgrid[0:size, 0:size] + 0.5
+  distance = np.hypot(ys - center[0], xs - center[1])
+  np.testing.assert_array_equal(synthetic.rasterize_shape('circle', size, center, radius, 1.0),
+                                distance <= radius)
+  np.testing.assert_array_equal(synthetic.rasterize_shape('ring', size, center, radius, 1.0),
+                                (distance <= radius) & (distance >= 0.5 * radius))
+
+
+def test_shapes_fit_their_circle_and_differ():
+  size, center, radius = 64, (32.0, 32.0), 20.0
+  ys, xs = np.mgrid[0:size, 0:size] + 0.5
+  disk = np.hypot(ys - center[0], xs - center[1]) <= radius + 0.5
+  masks = {}
+  for name in synthetic.SHAPE_NAMES:
+    for angle in (0.0, 1.1):
+      mask = synthetic.rasterize_shape(name, size, center, radius, angle)
+      assert mask.sum() > 0.15 * np.pi * radius**2, name  # a solid shape, not a sliver
+      assert not np.any(mask & ~disk), name             # inside the enclosing circle
+    masks[name] = mask
+  for a in synthetic.SHAPE_NAMES:
+    for b in synthetic.SHAPE_NAMES:
+      if a < b:
+        iou = np.sum(masks[a] & masks[b]) / np.sum(masks[a] | masks[b])
+        assert iou < 0.8, (a, b, iou)
+
+
+# ------------------------------------------------------------------------------- examples
+
+
+def test_generate_example_is_deterministic_and_seeded():
+  params = tiny_params()
+  a = synthetic.generate_example(params, 'train', 5)
+  b = synthetic.generate_example(params, 'train', 5)
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key])
+  assert not np.array_equal(a['image'], synthetic.generate_example(params, 'train', 6)['image'])
+  assert not np.array_equal(a['image'], synthetic.generate_example(params, 'test', 5)['image'])
+  other_seed = dataclasses.replace(params, seed=4)
+  assert not np.array_equal(a['image'], synthetic.generate_example(other_seed, 'train', 5)['image'])
+
+
+@pytest.mark.parametrize('max_objects', [1, 3, 5])
+def test_examples_respect_labels_occlusion_and_visibility(max_objects):
+  params = tiny_params(max_objects=max_objects, num_classes=8)
+  counts = []
+  for index in range(40):
+    ex = synthetic.generate_example(params, 'train', index)
+    image, seg, labels = ex['image'], ex['segmentation'], ex['labels']
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    assert seg.shape == (32, 32) and seg.dtype == np.uint8 and seg.max() <= 8
+    assert labels.shape == (8,)
+    for c in range(8):
+      assert labels[c] == np.any(seg == c + 1)
+    objects, areas, visible = ex['object_labels'], ex['object_areas'], ex['visible_pixels']
+    assert 1 <= len(objects) <= max_objects
+    counts.append(len(objects))
+    np.testing.assert_array_equal(np.flatnonzero(labels), np.unique(objects))
+    assert visible.sum() == np.count_nonzero(seg)       # each pixel has at most one owner
+    assert visible[-1] == areas[-1]                      # the last object is on top
+    assert np.all(visible >= params.min_visible_fraction * areas)
+    assert np.all(visible <= areas)
+  if max_objects > 1:
+    assert max(counts) > 1  # objects really get stacked
+
+
+def test_colour_is_independent_of_class():
+  params = tiny_params(num_distractors=0, texture_strength=0.0)
+  colours = {c: [] for c in range(params.num_classes)}
+  for index in range(400):
+    ex = synthetic.generate_example(params, 'train', index)
+    for c in np.flatnonzero(ex['labels']):
+      colours[c].append(ex['image'][ex['segmentation'] == c + 1].mean(axis=0))
+  everything = np.concatenate([np.asarray(v) for v in colours.values()])
+  for c, values in colours.items():
+    values = np.asarray(values)
+    assert len(values) > 60
+    # Uniform colours: std ~74 per channel, so a class mean is within ~9 of the overall one.
+    assert np.all(np.abs(values.mean(0) - everything.mean(0)) < 30), (c, values.mean(0))
+    assert np.all(values.std(0) > 50), (c, values.std(0))
+
+
+def test_distractors_and_texture_follow_the_config():
+  def background_colour_counts(**overrides):
+    params = tiny_params(noise_std=0.0, **overrides)
+    counts = []
+    for index in range(30):
+      ex = synthetic.generate_example(params, 'train', index)
+      background = ex['image'][ex['segmentation'] == 0]
+      counts.append(len(np.unique(background, axis=0)))
+    return np.asarray(counts)
+
+  assert np.all(background_colour_counts(num_distractors=0, texture_strength=0.0) == 1)
+  assert np.mean(background_colour_counts(num_distractors=6, texture_strength=0.0) > 1) > 0.5
+  assert np.all(background_colour_counts(num_distractors=0, texture_strength=1.0) > 10)
+
+
+# --------------------------------------------------------------------------------- config
+
+
+def test_config_names_change_with_every_parameter():
+  base = tiny_params()
+  names = {base.config_name()}
+  changes = dict(image_size=40, num_train=21, num_validation=9, num_test=9, num_classes=7,
+                 min_objects=2, max_objects=4, min_object_size=0.25, max_object_size=0.4,
+                 min_visible_fraction=0.6, num_distractors=1, texture_strength=0.3,
+                 noise_std=0.01, min_contrast=0.2, seed=4)
+  assert set(changes) == {f.name for f in dataclasses.fields(base)}
+  for key, value in changes.items():
+    names.add(dataclasses.replace(base, **{key: value}).config_name())
+  assert len(names) == len(changes) + 1
+  # Same values with other Python types give the same name.
+  coerced = synthetic.SyntheticParams.from_config({**TINY, 'num_classes': 6.0,
+                                                   'noise_std': 0, 'texture_strength': 0.6})
+  assert coerced.config_name() == base.config_name()
+
+
+@pytest.mark.parametrize('bad', [dict(num_classes=9), dict(num_classes=1),
+                                 dict(min_objects=3, max_objects=2), dict(min_objects=0),
+                                 dict(max_object_size=1.5), dict(min_object_size=0.05),
+                                 dict(num_train=-1), dict(seed=-1)])
+def test_invalid_parameters_are_refused(bad):
+  with pytest.raises(ValueError):
+    tiny_params(**bad)
+
+
+def test_unknown_and_non_integer_keys_are_refused():
+  with pytest.raises(ValueError, match='Unknown'):
+    synthetic.SyntheticParams.from_config({'num_clases': 5})
+  with pytest.raises(ValueError, match='integer'):
+    synthetic.SyntheticParams.from_config({'num_train': 10.5})
+
+
+def test_default_config_is_the_documented_one():
+  params = synthetic.SyntheticParams.from_config(synthetic.default_synthetic_config())
+  assert params == synthetic.SyntheticParams()
+  assert (params.image_size, params.num_classes) == (64, 6)
+  assert params.split_sizes == {'train': 6000, 'validation': 500, 'test': 500}
+
+
+# ----------------------------------------------------------------------------------- TFDS
+
+
+def test_builder_stores_what_generate_example_makes(tmp_path):
+  config = tiny_data_config(tmp_path)
+  builder = synthetic.make_builder(config)
+  builder.download_and_prepare()
+  assert synthetic.class_names(builder) == synthetic.SHAPE_NAMES[:6]
+  assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
+      'train': 20, 'validation': 8, 'test': 8}
+  params = synthetic.SyntheticParams.from_config(config.synthetic)
+  stored = sorted(read_split(builder, 'validation'), key=lambda ex: ex['image'].tobytes())
+  fresh = sorted((synthetic.generate_example(params, 'validation', i) for i in range(8)),
+                 key=lambda ex: ex['image'].tobytes())
+  for s, f in zip(stored, fresh):
+    np.testing.assert_array_equal(s['image'], f['image'])
+    np.testing.assert_array_equal(s['segmentation'][..., 0], f['segmentation'])
+    np.testing.assert_array_equal(s['labels'], f['labels'])
+    np.testing.assert_array_equal(s['objects']['label'], f['object_labels'])
+    np.testing.assert_array_equal(s['objects']['visible_pixels'], f['visible_pixels'])
+
+
+def test_builds_are_byte_identical_for_a_seed_and_differ_across_seeds(tmp_path):
+  images = {}
+  for name, seed in (('a', 3), ('b', 3), ('c', 4)):
+    builder = synthetic.make_builder(tiny_data_config(tmp_path / name, seed=seed))
+    builder.download_and_prepare()
+    images[name] = [ex['image'].tobytes() for ex in read_split(builder, 'train')]
+  assert images['a'] == images['b']
+  assert not set(images['a']) & set(images['c'])
+
+
+def test_second_prepare_reuses_the_files(tmp_path, monkeypatch):
+  calls = []
+  original = synthetic.generate_example
+  monkeypatch.setattr(synthetic, 'generate_example',
+                      lambda *args: calls.append(args) or original(*args))
+  config = tiny_data_config(tmp_path)
+  first = synthetic.make_builder(config)
+  first.download_and_prepare()
+  assert len(calls) == 36
+  files = sorted(p for p in first.data_path.iterdir())
+  mtimes = [os.path.getmtime(p) for p in files]
+  second = synthetic.make_builder(config)
+  second.download_and_prepare()
+  assert len(calls) == 36
+  assert second.data_dir == first.data_dir
+  assert [os.path.getmtime(p) for p in files] == mtimes
+  # Other parameters go to another directory and are generated.
+  third = synthetic.make_builder(tiny_data_config(tmp_path, num_distractors=0))
+  third.download_and_prepare()
+  assert third.data_dir != first.data_dir and len(calls) == 72
+
+
+def test_to_standard_derives_class_masks():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  segmentation = np.array([[0, 1], [3, 3]], np.uint8)[..., None]
+  out = synthetic.to_standard({'image': tf.zeros((2, 2, 3), tf.uint8),
+                               'segmentation': tf.constant(segmentation),
+                               'labels': tf.constant([1, 0, 1], tf.uint8)}, 3)
+  masks = out['class_masks'].numpy()
+  assert masks.shape == (2, 2, 3) and masks.dtype == np.uint8
+  np.testing.assert_array_equal(masks[..., 0], [[0, 1], [0, 0]])
+  np.testing.assert_array_equal(masks[..., 1], [[0, 0], [0, 0]])
+  np.testing.assert_array_equal(masks[..., 2], [[0, 0], [1, 1]])

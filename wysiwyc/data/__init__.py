@@ -1,0 +1,1 @@
+"""Data sets (TFDS builders) and the input pipeline; see `wysiwyc.data.pipeline`."""

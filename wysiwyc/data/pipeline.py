@@ -1,0 +1,313 @@
+"""Input pipeline: TFDS -> tf.data -> numpy dicts for JAX, the same for every data set.
+
+    spec = pipeline.prepare(config.data)            # builds the TFDS data once, returns a DataSpec
+    ds = pipeline.make_dataset(config.data, 'train', 32, training=True, seed=0, epoch=3)
+    for batch in pipeline.as_numpy(ds): ...
+
+Batches are dicts of numpy arrays, NHWC with the class axis last:
+  image        float32 (B,H,W,3)  ImageNet-normalized: (x/255 - IMAGENET_MEAN) / IMAGENET_STD
+  labels       float32 (B,C)      multi-hot (one-hot for single-label data sets)
+  class_masks  float32 (B,H,W,C)  ground-truth mask of each class, in {0,1}
+  foreground   float32 (B,H,W)    union of the objects, in {0,1}
+  valid        bool    (B,)       False on rows that only pad the last evaluation batch
+
+Training datasets are ONE epoch, shuffled deterministically from (seed, epoch), augmented
+deterministically from the same pair and the example's position in the epoch, cut into full
+batches and then `.skip(skip_batches)`: restarting with the same (seed, epoch, skip_batches)
+continues an interrupted epoch exactly. Evaluation datasets are in a fixed order without
+augmentation; the last batch is padded with `valid=False` rows, and every process yields
+the same number of batches. With several processes, each reads a disjoint slice of the split
+(`tfds.even_splits`) and `batch_size` is the per-process batch.
+
+`data_config` (an `ml_collections.ConfigDict`) fields:
+  name            data set name, a key of the adapter registry (`known_datasets()`): 'synthetic'
+  data_dir        TFDS data directory (None: the TFDS default, ~/tensorflow_datasets)
+  image_size      side of the square model input; images are resized to it (bilinear,
+                  antialiased; masks nearest) unless they already have that size
+  flip            bool: random horizontal flips when training (masks flipped with the image)
+  color_jitter    float strength s of brightness/contrast/saturation jitter when training:
+                  each factor uniform in [max(0, 1-s), 1+s]; 0 = off
+  shuffle_buffer  examples in the tf.data shuffle buffer (>= split size: a full shuffle)
+  synthetic       ConfigDict of the synthetic data set's parameters
+                  (`wysiwyc.data.synthetic.default_synthetic_config()`); other data sets
+                  read their own sub-config.
+
+A data set plugs in through a `DatasetAdapter`: how to make its (unprepared) TFDS builder from
+`data_config`, its class names, and how to map one raw TFDS example to
+{'image' uint8 (H,W,3), 'labels' multi-hot (C,), optional 'class_masks' (H,W,C),
+optional 'foreground' (H,W)}; see `register_dataset`. TensorFlow is kept off every GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Dict, Iterator, Tuple
+
+from absl import logging
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from wysiwyc import errors
+from wysiwyc.data import synthetic
+
+
+def _hide_gpus_from_tensorflow():
+  """tf.data only needs the CPU; leave every accelerator's memory to JAX."""
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError as error:  # TensorFlow's runtime was initialized before this import
+    logging.warning('Could not hide GPUs from TensorFlow: %s', error)
+
+
+_hide_gpus_from_tensorflow()
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """What the model and the tools need to know about a prepared data set."""
+  name: str
+  class_names: Tuple[str, ...]
+  image_size: int
+  multilabel: bool
+  num_examples: Dict[str, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetAdapter:
+  """How one TFDS data set plugs into the pipeline.
+
+  make_builder: data_config -> the TFDS builder (not yet prepared; may fail early, with a
+    message saying what to fetch, when the data must be downloaded by hand).
+  class_names: prepared builder -> class names, in label order.
+  to_standard: (raw TFDS example, num_classes) -> {'image' uint8 (H,W,3), 'labels' (C,)
+    multi-hot, optional 'class_masks' (H,W,C) in {0,1}, optional 'foreground' (H,W) in {0,1}}.
+    Without 'class_masks', each labelled class gets the foreground (all zeros without one);
+    without 'foreground', it is the union of the class masks.
+  multilabel: False for single-label data sets (softmax cross-entropy; CUB).
+  """
+  make_builder: Callable[[ml_collections.ConfigDict], tfds.core.DatasetBuilder]
+  class_names: Callable[[tfds.core.DatasetBuilder], Tuple[str, ...]]
+  to_standard: Callable[[Dict[str, tf.Tensor], int], Dict[str, tf.Tensor]]
+  multilabel: bool = True
+
+
+_ADAPTERS: Dict[str, DatasetAdapter] = {}
+
+
+def register_dataset(name: str, adapter: DatasetAdapter) -> None:
+  """Makes `data_config.name == name` use `adapter`."""
+  if name in _ADAPTERS and _ADAPTERS[name] != adapter:
+    raise ValueError(f'Data set {name!r} is already registered with another adapter.')
+  _ADAPTERS[name] = adapter
+
+
+def known_datasets() -> Tuple[str, ...]:
+  return tuple(sorted(_ADAPTERS))
+
+
+def get_adapter(name: str) -> DatasetAdapter:
+  if name not in _ADAPTERS:
+    raise errors.UserError(f'Unknown data set {name!r}; known data sets: '
+                           f'{", ".join(known_datasets())}.')
+  return _ADAPTERS[name]
+
+
+register_dataset('synthetic', DatasetAdapter(
+    make_builder=synthetic.make_builder, class_names=synthetic.class_names,
+    to_standard=synthetic.to_standard, multilabel=True))
+
+
+# ----------------------------------------------------------------------------------- public
+
+
+def prepare(data_config: ml_collections.ConfigDict) -> DataSpec:
+  """Builds the TFDS data set into `data_config.data_dir` unless it is there; its spec."""
+  adapter = get_adapter(data_config.name)
+  builder = _prepared_builder(adapter, data_config)
+  return DataSpec(
+      name=data_config.name,
+      class_names=tuple(adapter.class_names(builder)),
+      image_size=int(data_config.image_size),
+      multilabel=adapter.multilabel,
+      num_examples={name: int(info.num_examples) for name, info in builder.info.splits.items()})
+
+
+def make_dataset(data_config: ml_collections.ConfigDict, split: str, batch_size: int, *,
+                 training: bool, seed: int, epoch: int = 0, skip_batches: int = 0,
+                 process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+  """Batches of `split` for this process; see the module docstring for the contract."""
+  if batch_size < 1 or skip_batches < 0 or not 0 <= process_index < process_count:
+    raise ValueError(f'Need batch_size >= 1, skip_batches >= 0 and 0 <= process_index < '
+                     f'process_count; got {batch_size}, {skip_batches}, {process_index}, '
+                     f'{process_count}.')
+  adapter = get_adapter(data_config.name)
+  builder = _prepared_builder(adapter, data_config)
+  num_classes = len(adapter.class_names(builder))
+  standardize = lambda example: _standardize(example, adapter, num_classes,
+                                             int(data_config.image_size))
+  if training:
+    return _training_dataset(builder, data_config, standardize, split, batch_size, seed, epoch,
+                             skip_batches, process_index, process_count)
+  return _evaluation_dataset(builder, standardize, split, batch_size, process_index,
+                             process_count)
+
+
+def as_numpy(dataset: tf.data.Dataset) -> Iterator[Dict[str, np.ndarray]]:
+  """Iterates over `dataset` as dicts of numpy arrays."""
+  return iter(tfds.as_numpy(dataset))
+
+
+def denormalize(images) -> np.ndarray:
+  """ImageNet-normalized float images (..., H, W, 3) -> uint8 RGB."""
+  images = np.asarray(images, np.float32)
+  if images.ndim < 3 or images.shape[-1] != 3:
+    raise ValueError(f'Expected images of shape (..., H, W, 3); got {images.shape}.')
+  pixels = (images * np.asarray(IMAGENET_STD, np.float32)
+            + np.asarray(IMAGENET_MEAN, np.float32)) * 255.0
+  return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------- internals
+
+
+_BUILDERS: Dict[Tuple[int, str], tfds.core.DatasetBuilder] = {}
+
+
+def _prepared_builder(adapter: DatasetAdapter, data_config) -> tfds.core.DatasetBuilder:
+  """The adapter's builder, prepared; kept per configuration (every epoch asks for it)."""
+  key = (id(adapter), data_config.to_json(sort_keys=True))
+  builder = _BUILDERS.get(key)
+  if builder is None:
+    builder = _BUILDERS[key] = adapter.make_builder(data_config)
+  if not builder.is_prepared():
+    builder.download_and_prepare()
+  return builder
+
+
+def _epoch_key(seed: int, epoch: int) -> int:
+  """A non-negative int32 that mixes (seed, epoch) well; seeds shuffling and augmentation."""
+  state = np.random.SeedSequence([seed % 2**32, epoch % 2**32]).generate_state(1)[0]
+  return int(state) & 0x7FFFFFFF
+
+
+def _process_split(split: str, process_index: int, process_count: int, drop_remainder: bool):
+  if process_count == 1:
+    return split
+  return tfds.even_splits(split, n=process_count, drop_remainder=drop_remainder)[process_index]
+
+
+def _resize(images: tf.Tensor, size: int, method: str) -> tf.Tensor:
+  """(H,W,K) -> (size,size,K); a no-op when the image already has that size."""
+  height, width = images.shape[0], images.shape[1]
+  if height == size and width == size:
+    return images
+  resize = lambda: tf.image.resize(images, (size, size), method=method,
+                                   antialias=method == 'bilinear')
+  if height is None or width is None:
+    dynamic = tf.shape(images)
+    same = tf.logical_and(tf.equal(dynamic[0], size), tf.equal(dynamic[1], size))
+    return tf.ensure_shape(tf.cond(same, lambda: images, resize),
+                           (size, size, images.shape[-1]))
+  return resize()
+
+
+def _standardize(example, adapter: DatasetAdapter, num_classes: int, size: int):
+  """Raw TFDS example -> {'image' in [0,1] (size,size,3), 'labels', 'masks' (size,size,C+1)};
+  the last mask channel is the foreground."""
+  standard = adapter.to_standard(example, num_classes)
+  image = tf.cast(standard['image'], tf.float32) / 255.0
+  labels = tf.ensure_shape(tf.cast(standard['labels'], tf.float32), (num_classes,))
+  class_masks = standard.get('class_masks')
+  foreground = standard.get('foreground')
+  if foreground is not None:
+    foreground = tf.cast(foreground, tf.float32)
+  if class_masks is None:
+    base = foreground if foreground is not None else tf.zeros(tf.shape(image)[:2])
+    class_masks = base[..., None] * labels
+  class_masks = tf.cast(class_masks, tf.float32)
+  if foreground is None:
+    foreground = tf.reduce_max(class_masks, axis=-1)
+  masks = tf.concat([class_masks, foreground[..., None]], axis=-1)
+  return {'image': tf.ensure_shape(_resize(image, size, 'bilinear'), (size, size, 3)),
+          'labels': labels,
+          'masks': tf.ensure_shape(_resize(masks, size, 'nearest'),
+                                   (size, size, num_classes + 1))}
+
+
+def _augment(example, key: tf.Tensor, flip: bool, jitter: float):
+  """Random flip and colour jitter, a pure function of `key` (int64 (2,))."""
+  image, masks = example['image'], example['masks']
+  flip_seed, brightness_seed, contrast_seed, saturation_seed = tf.unstack(
+      tf.random.experimental.stateless_split(key, 4))
+  if flip:
+    do_flip = tf.random.stateless_uniform((), flip_seed) < 0.5
+    image = tf.where(do_flip, image[:, ::-1], image)
+    masks = tf.where(do_flip, masks[:, ::-1], masks)
+  if jitter > 0:
+    factor = lambda s: tf.random.stateless_uniform((), s, max(0.0, 1.0 - jitter), 1.0 + jitter)
+    image = image * factor(brightness_seed)
+    gray = tf.image.rgb_to_grayscale(image)
+    image = (image - tf.reduce_mean(gray)) * factor(contrast_seed) + tf.reduce_mean(gray)
+    gray = tf.image.rgb_to_grayscale(image)
+    image = (image - gray) * factor(saturation_seed) + gray
+    image = tf.clip_by_value(image, 0.0, 1.0)
+  return dict(example, image=image, masks=masks)
+
+
+def _finalize(example, valid=True):
+  """[0,1] image and stacked masks -> the output contract."""
+  image = (example['image'] - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+  return {'image': image, 'labels': example['labels'],
+          'class_masks': example['masks'][..., :-1], 'foreground': example['masks'][..., -1],
+          'valid': tf.constant(valid)}
+
+
+def _training_dataset(builder, data_config, standardize, split, batch_size, seed, epoch,
+                      skip_batches, process_index, process_count):
+  local_split = _process_split(split, process_index, process_count, drop_remainder=True)
+  num_local = builder.info.splits[local_split].num_examples
+  if num_local < batch_size:
+    raise errors.UserError(f'Split {split!r} gives this process {num_local} examples, fewer '
+                           f'than one batch of {batch_size}.')
+  key = _epoch_key(seed, epoch)
+  flip = bool(data_config.get('flip', False))
+  jitter = float(data_config.get('color_jitter', 0.0))
+  buffer = int(data_config.get('shuffle_buffer', 10_000))
+  dataset = builder.as_dataset(split=local_split, shuffle_files=True,
+                               read_config=tfds.ReadConfig(shuffle_seed=key))
+  dataset = dataset.shuffle(min(buffer, num_local), seed=key, reshuffle_each_iteration=False)
+  dataset = dataset.enumerate()   # position in the epoch: seeds this example's augmentation
+  # Skipping whole batches' worth of examples before decoding equals skipping batches after
+  # batching with drop_remainder, and is cheaper.
+  dataset = dataset.skip(skip_batches * batch_size)
+
+  def process(position, example):
+    augmented = _augment(standardize(example), tf.stack([tf.constant(key, tf.int64), position]),
+                         flip, jitter)
+    return _finalize(augmented)
+
+  dataset = dataset.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def _evaluation_dataset(builder, standardize, split, batch_size, process_index, process_count):
+  local_splits = [_process_split(split, index, process_count, drop_remainder=False)
+                  for index in range(process_count)]
+  counts = [builder.info.splits[s].num_examples for s in local_splits]
+  # Every process yields as many batches as the largest slice needs (collectives stay in step).
+  num_batches = math.ceil(max(counts) / batch_size)
+  padding = num_batches * batch_size - counts[process_index]
+  dataset = builder.as_dataset(split=local_splits[process_index], shuffle_files=False)
+  dataset = dataset.map(lambda example: _finalize(standardize(example)),
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if padding:
+    blank = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype),
+                                  dataset.element_spec)  # valid = False
+    dataset = dataset.concatenate(tf.data.Dataset.from_tensors(blank).repeat(padding))
+  return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
