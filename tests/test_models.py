@@ -1,0 +1,79 @@
+"""Tests of the Flax modules: shapes, and the hand-written ops against the stock Flax ones."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wysiwyc import models
+from wysiwyc.models import classifiers
+from wysiwyc.models import layers
+
+
+def test_max_pool_matches_flax():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 6, 3))
+  np.testing.assert_allclose(layers.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
+
+
+def test_upsample_equals_strided_transposed_conv():
+  """Dense to 4C + depth-to-space is a 2x2/stride-2 transposed convolution."""
+  x = jax.random.normal(jax.random.key(1), (1, 3, 4, 5))
+  up = layers.Upsample2x(features=2)
+  params = up.init(jax.random.key(2), x)['params']
+  kernel = params['Dense_0']['kernel'].reshape(5, 2, 2, 2)  # (Cin, dy, dx, Cout)
+  bias = np.asarray(params['Dense_0']['bias']).reshape(2, 2, 2)
+  got = up.apply({'params': params}, x)
+  expected = np.zeros((1, 6, 8, 2))
+  xs = np.asarray(x)
+  for i in range(3):
+    for j in range(4):
+      for dy in range(2):
+        for dx in range(2):
+          expected[0, 2 * i + dy, 2 * j + dx] = (xs[0, i, j] @ np.asarray(kernel[:, dy, dx])
+                                                 + bias[dy, dx])
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape,norm', [((2, 32, 32), 'group'), ((1, 30, 45), 'batch'),
+                                        ((1, 7, 9), 'none')])
+def test_unet_logits_at_input_resolution(shape, norm):
+  unet = models.build_explainer('unet', 5, width=4, depth=2, norm=norm)
+  x = jnp.zeros(shape + (3,))
+  variables = unet.init(jax.random.key(0), x)
+  out = unet.apply(variables, x)
+  assert out.shape == shape + (5,)
+  assert out.dtype == jnp.float32
+  assert np.all(np.isfinite(out))
+
+
+def test_unknown_names_are_refused():
+  with pytest.raises(ValueError, match='Unknown explainer'):
+    models.build_explainer('nope', 3)
+  with pytest.raises(ValueError, match='Registered: .*simple_cnn'):
+    classifiers.build('nope', 3)
+  with pytest.raises(ValueError, match='Unknown norm'):
+    models.build_explainer('unet', 3, norm='nope').init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+
+
+def test_classifier_features_and_head_compose_to_call():
+  model = classifiers.build('simple_cnn', 4, width=4, depth=3)
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  variables = model.init(jax.random.key(1), x)
+  logits = model.apply(variables, x)
+  feats = model.apply(variables, x, method=model.features)
+  assert feats.shape == (2, 4, 4, 16)
+  np.testing.assert_allclose(model.apply(variables, feats, method=model.logits_from_features),
+                             logits, rtol=1e-6)
+
+
+def make_tiny(num_classes, scale=1.0):
+  return classifiers.SimpleCNN(num_classes=num_classes, width=int(2 * scale), depth=1)
+
+
+def test_register_and_import_path():
+  classifiers.register('tiny_for_test')(make_tiny)
+  assert 'tiny_for_test' in classifiers.available()
+  assert isinstance(classifiers.build('tiny_for_test', 3), classifiers.SimpleCNN)
+  model = classifiers.build('tests.test_models:make_tiny', 3, scale=2.0)
+  assert model.width == 4
