@@ -1,0 +1,154 @@
+"""End-to-end tests of the training stages on the smoke config (tiny synthetic data)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, smoke_config
+from wysiwyc import errors
+from wysiwyc import evaluation
+from wysiwyc import metrics
+from wysiwyc import train
+
+METHODS = ('explainer',) + evaluation.REFERENCE_METHODS
+REQUIRED_METRICS = ('mean_f1', 'cont_f1', 'accuracy', 'iou@0.5', 'cont_iou', 'auc', 'saliency',
+                    'object_coverage', 'background_coverage', 'per_class_iou@0.5')
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory, data_dir):
+  workdir = str(tmp_path_factory.mktemp('smoke'))
+  results = train.train_and_evaluate(smoke_config(data_dir), workdir)
+  return workdir, results
+
+
+def test_main_job_writes_every_artifact(finished):
+  workdir, results = finished
+  for name in ('config.json', 'spec.json', 'results.json', 'results.md', 'figures/masks.png',
+               'figures/training.png'):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  for stage in ('classifier', 'explainer'):
+    assert os.listdir(os.path.join(workdir, stage, 'best'))
+    assert os.listdir(os.path.join(workdir, stage, 'checkpoints'))
+  with open(os.path.join(workdir, 'results.json')) as f:
+    assert json.load(f) == json.loads(json.dumps(results))
+  markdown = open(os.path.join(workdir, 'results.md')).read()
+  for method in METHODS:
+    assert f'| {method} |' in markdown
+
+
+def test_results_hold_every_metric_and_references_score_as_they_must(finished):
+  _, results = finished
+  for method in METHODS:
+    missing = set(REQUIRED_METRICS) - set(results[method])
+    assert not missing, (method, missing)
+    assert set(metrics.metric_names(with_saliency=True)) <= set(results[method])
+  truth, empty, full = results['ground_truth'], results['all_0'], results['all_1']
+  for key in ('iou@0.5', 'cont_iou', 'per_class_iou@0.5', 'mean_f1', 'object_coverage', 'auc'):
+    assert truth[key] == pytest.approx(1.0), key
+  assert truth['background_coverage'] == pytest.approx(0.0)
+  for key in ('iou@0.5', 'cont_iou', 'per_class_iou@0.5', 'object_coverage'):
+    assert empty[key] == pytest.approx(0.0), key
+  assert full['object_coverage'] == pytest.approx(1.0)
+  assert full['background_coverage'] == pytest.approx(1.0)
+  assert 0 < full['iou@0.5'] < 1
+  for key in ('accuracy_plain', 'accuracy_kept', 'accuracy_dropped'):
+    assert 0 <= results['classifier'][key] <= 1
+  assert results['classifier']['num_test_images'] == 16
+
+
+def test_rerun_reuses_finished_stages(finished, data_dir):
+  workdir, results = finished
+  steps_before = {s: sorted(os.listdir(os.path.join(workdir, s, 'checkpoints')))
+                  for s in ('classifier', 'explainer')}
+  again = train.train_and_evaluate(smoke_config(data_dir), workdir)
+  steps_after = {s: sorted(os.listdir(os.path.join(workdir, s, 'checkpoints')))
+                 for s in ('classifier', 'explainer')}
+  assert steps_after == steps_before
+  assert again == results
+
+
+def test_preempted_run_resumes_to_the_same_result(finished, data_dir, tmp_path, monkeypatch):
+  """A SIGTERM mid-training saves and stops; re-running continues to the uninterrupted result.
+
+  The smoke classifier trains 2 epochs of 4 steps: the flag is raised at the 3rd step check
+  (classifier, mid-epoch) and at the 11th (explainer step 3) of the runs together.
+  """
+  _, uninterrupted = finished
+  workdir = str(tmp_path / 'preempted')
+  checks = {'n': 0}
+
+  class PreemptAtSomeSteps(train._SigtermFlag):  # pylint: disable=protected-access
+    @property
+    def raised(self):
+      checks['n'] += 1
+      return checks['n'] in (3, 11)
+
+    @raised.setter
+    def raised(self, value):
+      pass
+
+  monkeypatch.setattr(train, '_SigtermFlag', PreemptAtSomeSteps)
+  for stage in ('classifier', 'explainer'):
+    with pytest.raises(train.Preempted, match=stage):
+      train.train_and_evaluate(smoke_config(data_dir), workdir)
+    assert not os.path.exists(os.path.join(workdir, 'results.json'))
+  monkeypatch.undo()
+  resumed = train.train_and_evaluate(smoke_config(data_dir), workdir)
+  for method in METHODS:
+    for key, value in uninterrupted[method].items():
+      np.testing.assert_allclose(resumed[method][key], value, rtol=1e-5, atol=1e-6,
+                                 err_msg=f'{method} {key}')
+
+
+def test_workdir_of_another_model_is_refused(finished, data_dir):
+  workdir, _ = finished
+  config = smoke_config(data_dir)
+  config.explainer.kwargs.width = 4
+  with pytest.raises(errors.UserError, match='explainer.kwargs'):
+    train.train_and_evaluate(config, workdir)
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path, data_dir):
+  result = subprocess.run(
+      [sys.executable, '-m', 'wysiwyc.main', '--config=configs/synthetic.py:smoke',
+       f'--workdir={tmp_path / "w"}', f'--config.data.data_dir={data_dir}',
+       '--config.classifier.train.batch_size=1000'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert 'fewer than one batch' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_train_steps_are_deterministic(data_dir):
+  """Same config and seed: identical parameters after a few explainer steps."""
+  import jax
+  from wysiwyc.data import pipeline
+  config = smoke_config(data_dir)
+  spec = pipeline.prepare(config.data)
+  mesh = train.create_mesh()
+  batch = next(pipeline.as_numpy(pipeline.make_dataset(config.data, 'train', 8, training=True,
+                                                       seed=0)))
+  outcomes = []
+  for _ in range(2):
+    classifier = train.build_classifier(config, spec)
+    explainer = train.build_explainer(config, spec)
+    rng = jax.random.key(0)
+    c_state = train.init_state(classifier, train.make_optimizer(config.classifier.train), rng, 32)
+    tx = train.make_optimizer(config.explainer.train)
+    state = train.init_state(explainer, tx, rng, 32)
+    step = train.jit_train_step(train.make_explainer_train_step(
+        explainer, classifier, tx, train.explainer_loss_fn(config, True)), mesh, 1)
+    for _ in range(3):
+      state, aux = step(state, c_state.variables(), train.shard_batch(batch, mesh), rng)
+    outcomes.append(jax.device_get((state.params, aux)))
+  jax.tree.map(np.testing.assert_array_equal, outcomes[0], outcomes[1])

@@ -1,0 +1,185 @@
+"""The evaluation stage: the paper's protocol on the test split, results files and figures.
+
+Protocol (DESIGN.md section 1): per image, the masks of its ground-truth classes are merged by
+pixel-wise max and compared with the union ground truth (`foreground`); per class, the mask of
+class c is compared with the ground truth of class c for every class present in the image. The
+Explainer is scored next to the reference masks all_0, all_0.5, all_1 and ground_truth.
+"""
+
+import functools
+import os
+from typing import Callable, Dict, Iterator, List, Optional
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+from wysiwyc import checkpointing
+from wysiwyc import metrics
+from wysiwyc.data import pipeline
+
+REFERENCE_METHODS = ('all_0', 'all_0.5', 'all_1', 'ground_truth')
+# Columns of results.md, in order; results.json holds every metric of `metrics.score_masks`.
+TABLE_METRICS = ('iou@0.5', 'per_class_iou@0.5', 'cont_iou', 'mean_f1', 'cont_f1', 'accuracy',
+                 'auc', 'saliency', 'object_coverage', 'background_coverage')
+
+
+def reference_class_masks(class_masks: jnp.ndarray) -> Dict[str, jnp.ndarray]:
+  """Per-class reference masks (B,H,W,C), keyed by method name."""
+  return {'all_0': jnp.zeros_like(class_masks), 'all_0.5': jnp.full_like(class_masks, 0.5),
+          'all_1': jnp.ones_like(class_masks), 'ground_truth': class_masks}
+
+
+def saliency_probability(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+  """(B,) probability of the explained classes for the saliency metric: softmax over classes,
+  summed over the image's ground-truth classes (as the authors' evaluation)."""
+  return (jax.nn.softmax(logits) * labels).sum(-1)
+
+
+def classifier_probabilities(logits: jnp.ndarray, multilabel: bool) -> jnp.ndarray:
+  return jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits)
+
+
+def score_method(class_masks_pred, batch, classify) -> Dict[str, jnp.ndarray]:
+  """Per-image metrics of one method's per-class masks (B,H,W,C) under the paper's protocol."""
+  labels = batch['labels']
+  merged = metrics.merge_class_masks(class_masks_pred, labels)
+  kept_logits = classify(merged[..., None] * batch['image'])
+  scores = metrics.score_masks(merged, batch['foreground'],
+                               saliency_probability(kept_logits, labels))
+  per_class = jax.vmap(jax.vmap(functools.partial(metrics.discrete_iou, threshold=0.5),
+                                in_axes=(-1, -1)))(class_masks_pred, batch['class_masks'])
+  scores['per_class_iou@0.5'] = (per_class * labels).sum(-1) / jnp.maximum(labels.sum(-1), 1.0)
+  scores['_num_classes'] = labels.sum(-1)
+  return scores
+
+
+def make_eval_batch_fn(explainer: nn.Module, classifier: nn.Module, multilabel: bool) -> Callable:
+  """(explainer_vars, classifier_vars, batch) -> (per-method per-image scores, extras)."""
+  def eval_batch(explainer_variables, classifier_variables, batch):
+    classify = lambda images: classifier.apply(classifier_variables, images, train=False)
+    masks = jax.nn.sigmoid(explainer.apply(explainer_variables, batch['image'], train=False))
+    methods = {'explainer': masks, **reference_class_masks(batch['class_masks'])}
+    # One vmap over the methods keeps the compiled program the size of one method's.
+    stacked = jax.vmap(lambda m: score_method(m, batch, classify))(
+        jnp.stack(list(methods.values())))
+    scores = {name: jax.tree.map(lambda x, i=i: x[i], stacked) for i, name in enumerate(methods)}
+    merged = metrics.merge_class_masks(masks, batch['labels'])
+    image = batch['image']
+    plain, kept, dropped = jnp.split(
+        classify(jnp.concatenate([image, merged[..., None] * image,
+                                  (1 - merged[..., None]) * image])), 3)
+    accuracy = lambda logits: _accuracy(logits, batch['labels'], multilabel)
+    extras = {'accuracy_plain': accuracy(plain), 'accuracy_kept': accuracy(kept),
+              'accuracy_dropped': accuracy(dropped),
+              'probabilities': classifier_probabilities(plain, multilabel), 'masks': masks}
+    return scores, extras
+  return eval_batch
+
+
+def _accuracy(logits, labels, multilabel):
+  if multilabel:
+    return ((logits > 0) == (labels > 0.5)).mean(-1)
+  return (logits.argmax(-1) == labels.argmax(-1)).astype(jnp.float32)
+
+
+def _weighted_means(chunks: List[Dict[str, np.ndarray]], weights: List[np.ndarray]) -> dict:
+  means = {}
+  w = np.concatenate(weights)
+  for key in chunks[0]:
+    values = np.concatenate([c[key] for c in chunks]).astype(np.float64)
+    ok = (w > 0) & np.isfinite(values)
+    means[key] = float(np.sum(values[ok] * w[ok]) / max(np.sum(w[ok]), 1e-12))
+  return means
+
+
+def evaluate_and_report(config, spec, workdir: str, mesh: Mesh, classifier, classifier_variables,
+                        explainer, explainer_variables) -> dict:
+  """Scores every method on the test split and writes results.json, results.md and figures."""
+  from wysiwyc import train  # pylint: disable=g-import-not-at-top
+  from wysiwyc import viz  # pylint: disable=g-import-not-at-top
+  repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  eval_batch = jax.jit(make_eval_batch_fn(explainer, classifier, spec.multilabel),
+                       in_shardings=(repl, repl, data), out_shardings=data)
+  dataset = pipeline.make_dataset(
+      config.data, 'test', train.local_batch_size(config.eval.batch_size), training=False,
+      seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
+  per_method: Dict[str, list] = {}
+  class_weights: Dict[str, list] = {}
+  image_weights, classifier_chunks = [], []
+  figure_batch: Optional[dict] = None
+  max_examples = config.eval.get('max_examples', 0)
+  seen = 0
+  for batch in pipeline.as_numpy(dataset):
+    if max_examples and seen >= max_examples:
+      break
+    scores, extras = jax.device_get(eval_batch(explainer_variables, classifier_variables,
+                                               train.shard_batch(batch, mesh)))
+    valid = batch['valid'].astype(np.float64)
+    seen += int(valid.sum())
+    image_weights.append(valid)
+    for name, values in scores.items():
+      per_method.setdefault(name, []).append(values)
+      class_weights.setdefault(name, []).append(valid * values['_num_classes'])
+    classifier_chunks.append({k: extras[k] for k in extras if k.startswith('accuracy')})
+    if figure_batch is None:
+      figure_batch = {'image': pipeline.denormalize(batch['image']), 'masks': extras['masks'],
+                      'class_masks': batch['class_masks'], 'labels': batch['labels'],
+                      'probabilities': extras['probabilities']}
+
+  results = {}
+  for name, chunks in per_method.items():
+    image_means = _weighted_means([{k: v for k, v in c.items() if k != 'per_class_iou@0.5'
+                                    and not k.startswith('_')} for c in chunks], image_weights)
+    # Per-class IoU is a mean over (image, present class) pairs.
+    per_class = _weighted_means([{'v': c['per_class_iou@0.5']} for c in chunks],
+                                class_weights[name])['v']
+    results[name] = {**image_means, 'per_class_iou@0.5': per_class}
+  results['classifier'] = _weighted_means(classifier_chunks, image_weights)
+  results['classifier']['num_test_images'] = seen
+  if jax.process_index() == 0:
+    write_results(results, workdir)
+    viz.save_figure(viz.plot_class_masks(**_figure_inputs(figure_batch, config),
+                                         class_names=spec.class_names),
+                    os.path.join(workdir, 'figures', 'masks.png'))
+    histories = {stage: train.stage_history(os.path.join(workdir, stage))
+                 for stage in ('classifier', 'explainer')}
+    viz.save_figure(viz.plot_training_curves(histories),
+                    os.path.join(workdir, 'figures', 'training.png'))
+  logging.info('Results:\n%s', results_markdown(results))
+  return results
+
+
+def _figure_inputs(batch: dict, config) -> dict:
+  n = config.eval.get('num_figure_images', 6)
+  return {key: np.asarray(value[:n]) for key, value in batch.items()}
+
+
+def write_results(results: dict, workdir: str) -> None:
+  checkpointing.write_json_atomic(os.path.join(workdir, 'results.json'), results)
+  checkpointing.write_text_atomic(os.path.join(workdir, 'results.md'), results_markdown(results))
+
+
+def results_markdown(results: dict) -> str:
+  """The results as Markdown: methods x main metrics, then the classifier's accuracies."""
+  methods = [m for m in results if m != 'classifier']
+  lines = ['| method | ' + ' | '.join(TABLE_METRICS) + ' |',
+           '|---|' + '---:|' * len(TABLE_METRICS)]
+  for method in methods:
+    cells = [_cell(results[method].get(metric)) for metric in TABLE_METRICS]
+    lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
+  if 'classifier' in results:
+    lines += ['', '| classifier | value |', '|---|---:|']
+    lines += [f'| {k} | {_cell(v)} |' for k, v in sorted(results['classifier'].items())]
+  return '\n'.join(lines) + '\n'
+
+
+def _cell(value) -> str:
+  if value is None:
+    return '-'
+  if isinstance(value, int):
+    return str(value)
+  return f'{value:.3f}'
