@@ -1,0 +1,155 @@
+"""Tests of wysiwyc.explain: the Python API and the CLI, on a fabricated (untrained) workdir."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from tests.conftest import REPO, fabricate_workdir, smoke_config
+from wysiwyc import errors
+from wysiwyc import explain
+
+CLASSES = ('circle', 'square', 'triangle')
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('workdir'))
+  fabricate_workdir(path, smoke_config(tmp_path_factory.mktemp('data')), CLASSES)
+  return path
+
+
+@pytest.fixture(scope='module')
+def explainer(workdir):
+  return explain.load(workdir)
+
+
+def tree_digest(root):
+  digest = hashlib.sha256()
+  for folder, dirs, files in sorted(os.walk(root)):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(folder, name)
+      digest.update(path.encode())
+      with open(path, 'rb') as f:
+        digest.update(f.read())
+  return digest.hexdigest()
+
+
+def test_masks_and_predict_shapes_any_size(explainer):
+  assert explainer.class_names == CLASSES
+  rng = np.random.default_rng(0)
+  for shape in [(2, 32, 32, 3), (1, 17, 50, 3), (3, 1, 1, 3)]:
+    images = rng.integers(0, 256, shape, dtype=np.uint8)
+    masks = explainer.masks(images)
+    assert masks.shape == shape[:3] + (3,)
+    assert masks.min() >= 0 and masks.max() <= 1
+    probs = explainer.predict(images)
+    assert probs.shape == (shape[0], 3) and np.all((probs >= 0) & (probs <= 1))
+  single = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+  assert explainer.masks(single).shape == (20, 24, 3)
+  np.testing.assert_allclose(explainer.masks(single), explainer.masks(single[None])[0], atol=1e-6)
+
+
+def test_masks_at_model_size_match_the_network(explainer):
+  """At the model's own size, masks are exactly sigmoid(explainer logits) of the normalized image."""
+  import jax
+  images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+  logits = explainer._segment(explainer._explainer_vars, explain.normalize(images))
+  np.testing.assert_allclose(explainer.masks(images), jax.nn.sigmoid(logits), atol=1e-6)
+
+
+@pytest.mark.parametrize('bad,match', [
+    (np.zeros((4, 4), np.uint8), 'shape'),
+    (np.zeros((1, 4, 4, 4), np.uint8), 'shape'),
+    (np.zeros((1, 4, 4, 3), np.float32), 'uint8'),
+])
+def test_bad_arrays_are_refused(explainer, bad, match):
+  with pytest.raises(errors.UserError, match=match):
+    explainer.masks(bad)
+
+
+def test_missing_workdir_parts(tmp_path, workdir):
+  with pytest.raises(errors.UserError, match='not a wysiwyc workdir'):
+    explain.load(str(tmp_path))
+  partial = tmp_path / 'partial'
+  partial.mkdir()
+  for name in ('config.json', 'spec.json'):
+    (partial / name).write_bytes(open(os.path.join(workdir, name), 'rb').read())
+  before = tree_digest(str(partial))
+  with pytest.raises(errors.UserError, match='no trained explainer'):
+    explain.load(str(partial))
+  assert tree_digest(str(partial)) == before
+
+
+def write_test_images(folder):
+  rng = np.random.default_rng(2)
+  rgb = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+  paths = {}
+  paths['rgb'] = folder / 'rgb.png'
+  Image.fromarray(rgb).save(paths['rgb'])
+  paths['jpeg'] = folder / 'photo.jpg'
+  Image.fromarray(rgb).save(paths['jpeg'])
+  paths['gray'] = folder / 'gray.png'
+  Image.fromarray(rgb[..., 0]).save(paths['gray'])
+  paths['rgba'] = folder / 'rgba.png'
+  Image.fromarray(np.dstack([rgb, np.full((40, 30), 128, np.uint8)])).save(paths['rgba'])
+  paths['gray16'] = folder / 'gray16.png'
+  Image.fromarray((rng.integers(0, 65536, (20, 20))).astype(np.uint16)).save(paths['gray16'])
+  paths['tiny'] = folder / 'tiny.png'
+  Image.fromarray(rgb[:1, :1]).save(paths['tiny'])
+  paths['not_image'] = folder / 'notes.png'
+  paths['not_image'].write_text('this is not a png')
+  paths['missing'] = folder / 'missing.png'
+  return paths
+
+
+def test_read_image_conversions(tmp_path):
+  paths = write_test_images(tmp_path)
+  for key in ('rgb', 'jpeg', 'gray', 'rgba', 'gray16', 'tiny'):
+    image = explain.read_image(str(paths[key]))
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3, key
+  gray16 = np.asarray(Image.open(paths['gray16']), np.float64)
+  np.testing.assert_allclose(explain.read_image(str(paths['gray16']))[..., 0],
+                             np.round(gray16 / 65535 * 255), atol=1)
+  rgba = explain.read_image(str(paths['rgba']))
+  original = np.asarray(Image.open(paths['rgb']), np.float64)
+  np.testing.assert_allclose(rgba, np.round(original * 128 / 255 + 255 * 127 / 255), atol=1)
+  with pytest.raises(errors.UserError, match='no such file'):
+    explain.read_image(str(paths['missing']))
+  with pytest.raises(errors.UserError, match='not an image'):
+    explain.read_image(str(paths['not_image']))
+
+
+def test_huge_images_are_refused(tmp_path, monkeypatch):
+  path = tmp_path / 'big.png'
+  Image.fromarray(np.zeros((50, 60, 3), np.uint8)).save(path)
+  monkeypatch.setattr(explain, 'MAX_PIXELS', 2999)
+  with pytest.raises(errors.UserError, match='larger than'):
+    explain.read_image(str(path))
+
+
+def test_cli_writes_outputs_reports_problems_and_leaves_workdir_alone(tmp_path, workdir):
+  paths = write_test_images(tmp_path)
+  out = tmp_path / 'out'
+  before = tree_digest(workdir)
+  args = [str(p) for p in paths.values()]
+  result = subprocess.run([sys.executable, '-m', 'wysiwyc.explain', f'--workdir={workdir}',
+                           f'--out={out}', *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 1, result.stderr
+  assert 'missing.png: no such file' in result.stderr
+  assert 'notes.png: not an image' in result.stderr
+  assert 'Traceback' not in result.stderr
+  for key in ('rgb', 'jpeg', 'gray', 'rgba', 'gray16', 'tiny'):
+    stem = paths[key].stem
+    summary = json.loads((out / f'{stem}.json').read_text())
+    assert set(summary['probabilities']) == set(CLASSES)
+    assert all(0 <= v <= 1 for v in summary['mask_area'].values())
+    assert (out / f'{stem}.png').stat().st_size > 0
+  assert tree_digest(workdir) == before

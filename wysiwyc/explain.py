@@ -1,0 +1,257 @@
+"""Masks for new images from a trained workdir.
+
+Python:
+
+  from wysiwyc import explain
+  explainer = explain.load('workdirs/synthetic')
+  masks = explainer.masks(images)        # uint8 (B,H,W,3) -> (B,H,W,C) in [0,1]
+  probs = explainer.predict(images)      # (B,C) class probabilities
+
+Command line (one overlay PNG and one JSON per image; the workdir is only read):
+
+  python -m wysiwyc.explain --workdir=workdirs/synthetic --out=explanations img1.png img2.jpg
+"""
+
+import functools
+import json
+import os
+import sys
+from typing import List, Sequence, Tuple
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from wysiwyc import checkpointing
+from wysiwyc import errors
+from wysiwyc import models
+from wysiwyc.data import pipeline
+
+# Larger images are refused rather than risking the machine's memory; downscale them first.
+MAX_PIXELS = 50_000_000
+
+
+class Explainer:
+  """A trained explainer and its frozen classifier, read from a workdir."""
+
+  def __init__(self, config: ml_collections.ConfigDict, spec: dict, classifier, classifier_vars,
+               explainer, explainer_vars):
+    self.config = config
+    self.class_names: Tuple[str, ...] = tuple(spec['class_names'])
+    self.image_size: int = int(spec['image_size'])
+    self.multilabel: bool = bool(spec['multilabel'])
+    self._classifier_vars = classifier_vars
+    self._explainer_vars = explainer_vars
+    self._segment = jax.jit(lambda v, x: explainer.apply(v, x, train=False))
+    self._classify = jax.jit(lambda v, x: classifier.apply(v, x, train=False))
+
+  def _prepare(self, images) -> Tuple[np.ndarray, bool]:
+    images = np.asarray(images)
+    single = images.ndim == 3
+    if single:
+      images = images[None]
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise errors.UserError(f'Expected uint8 RGB images of shape (H,W,3) or (B,H,W,3); got '
+                             f'shape {images.shape}. Convert grayscale/RGBA to RGB first.')
+    if images.dtype != np.uint8:
+      raise errors.UserError(f'Expected dtype uint8 (0..255); got {images.dtype}. Scale and cast '
+                             'with np.clip(x, 0, 255).astype(np.uint8).')
+    if min(images.shape[1:3]) < 1:
+      raise errors.UserError(f'Empty image of shape {images.shape[1:3]}.')
+    resized = np.stack([resize_uint8(im, self.image_size) for im in images])
+    return normalize(resized), single
+
+  def masks(self, images) -> np.ndarray:
+    """Per-class masks in [0,1] at each input's size: (B,H,W,C), or (H,W,C) for one image."""
+    inputs, single = self._prepare(images)
+    height, width = np.asarray(images).shape[-3:-1]
+    logits = self._segment(self._explainer_vars, inputs)
+    masks = jax.image.resize(jax.nn.sigmoid(logits),
+                             (logits.shape[0], height, width, logits.shape[-1]), 'bilinear')
+    masks = np.clip(np.asarray(masks), 0.0, 1.0)
+    return masks[0] if single else masks
+
+  def predict(self, images) -> np.ndarray:
+    """Class probabilities (B,C) (sigmoid if multi-label, else softmax), or (C,) for one image."""
+    inputs, single = self._prepare(images)
+    logits = self._classify(self._classifier_vars, inputs)
+    probs = jax.nn.sigmoid(logits) if self.multilabel else jax.nn.softmax(logits)
+    probs = np.asarray(probs)
+    return probs[0] if single else probs
+
+
+def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
+  """Bilinear (antialiased) resize of one uint8 RGB image to size x size."""
+  if image.shape[:2] == (size, size):
+    return image
+  return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def normalize(images_uint8: np.ndarray) -> np.ndarray:
+  mean, std = np.asarray(pipeline.IMAGENET_MEAN), np.asarray(pipeline.IMAGENET_STD)
+  return ((images_uint8.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+
+
+def _read_json(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
+def _restore_variables(directory: str, module, image_size: int, what: str, workdir: str) -> dict:
+  if not os.path.isdir(directory):
+    raise errors.UserError(
+        f'{workdir} has no trained {what} ({directory} is missing). Train it first: python -m '
+        f'wysiwyc.main --config=<config> --workdir={workdir}')
+  dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  target = jax.eval_shape(lambda: module.init(jax.random.key(0), dummy, train=False))
+  target = {'params': target['params'], 'batch_stats': target.get('batch_stats', {})}
+  restored = checkpointing.restore_latest(checkpointing.manager(directory, 1, create=False),
+                                          target)
+  if restored is None:
+    raise errors.UserError(f'{directory} holds no readable {what} checkpoint; re-run training '
+                           f'for {workdir}.')
+  variables = restored[0]
+  return {k: v for k, v in variables.items() if k == 'params' or v}
+
+
+def load(workdir: str) -> Explainer:
+  """Loads the explainer and classifier of a trained workdir (read only)."""
+  workdir = os.path.abspath(workdir)
+  for name in ('config.json', 'spec.json'):
+    if not os.path.exists(os.path.join(workdir, name)):
+      raise errors.UserError(f'{workdir} is not a wysiwyc workdir ({name} is missing). Give the '
+                             '--workdir of a finished `python -m wysiwyc.main` run.')
+  config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, 'config.json')))
+  spec = _read_json(os.path.join(workdir, 'spec.json'))
+  num_classes = len(spec['class_names'])
+  classifier = models.classifiers.build(config.classifier.name, num_classes,
+                                        **config.classifier.kwargs)
+  explainer = models.build_explainer(config.explainer.name, num_classes,
+                                     **config.explainer.kwargs)
+  size = int(spec['image_size'])
+  explainer_vars = _restore_variables(os.path.join(workdir, 'explainer', 'best'), explainer, size,
+                                      'explainer', workdir)
+  classifier_vars = _restore_variables(os.path.join(workdir, 'classifier', 'best'), classifier,
+                                       size, 'classifier', workdir)
+  return Explainer(config, spec, classifier, classifier_vars, explainer, explainer_vars)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line.
+
+
+def read_image(path: str) -> np.ndarray:
+  """Reads any PIL-readable image as uint8 RGB; refuses what cannot be explained, saying why."""
+  if not os.path.exists(path):
+    raise errors.UserError(f'{path}: no such file.')
+  if os.path.isdir(path):
+    raise errors.UserError(f'{path}: is a folder, not an image.')
+  try:
+    with Image.open(path) as image:
+      width, height = image.size
+      if width * height > MAX_PIXELS:
+        raise errors.UserError(f'{path}: {width}x{height} is larger than {MAX_PIXELS:,} pixels; '
+                               'downscale it first.')
+      return to_rgb_uint8(image)
+  except errors.UserError:
+    raise
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    raise errors.UserError(f'{path}: not an image that can be read ({error}).') from None
+
+
+def to_rgb_uint8(image: Image.Image) -> np.ndarray:
+  """Converts any PIL mode (grayscale, palette, RGBA, 16-bit, float) to uint8 RGB."""
+  if image.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
+    values = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith('I;16') or values.max() > 255 else 255.0
+    if image.mode == 'F' and values.max() <= 1.0:
+      top = 1.0
+    gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1)
+  if image.mode in ('RGBA', 'LA', 'PA') or (image.mode == 'P' and 'transparency' in image.info):
+    # Composite transparent pixels onto white, as viewers show them.
+    background = Image.new('RGBA', image.size, (255, 255, 255, 255))
+    image = Image.alpha_composite(background, image.convert('RGBA'))
+  return np.asarray(image.convert('RGB'), dtype=np.uint8)
+
+
+def explain_files(explainer: Explainer, paths: Sequence[str], out_dir: str) -> List[str]:
+  """Writes `<name>.png` (overlays) and `<name>.json` per image; returns the error messages."""
+  from wysiwyc import viz  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  problems, used_names = [], set()
+  for path in paths:
+    try:
+      image = read_image(path)
+    except errors.UserError as error:
+      problems.append(str(error))
+      continue
+    masks, probs = explainer.masks(image), explainer.predict(image)
+    name = _unique_name(os.path.splitext(os.path.basename(path))[0], used_names)
+    summary = {
+        'image': os.path.abspath(path), 'height': image.shape[0], 'width': image.shape[1],
+        'probabilities': {c: round(float(p), 6) for c, p in zip(explainer.class_names, probs)},
+        'mask_area': {c: round(float(masks[..., i].mean()), 6)
+                      for i, c in enumerate(explainer.class_names)},
+        'predicted': [c for c, p in zip(explainer.class_names, probs) if p > 0.5],
+    }
+    checkpointing.write_json_atomic(os.path.join(out_dir, f'{name}.json'), summary)
+    display = _display_size(image.shape[:2])
+    small = np.asarray(Image.fromarray(image).resize(display[::-1], Image.BILINEAR))
+    small_masks = np.asarray(jax.image.resize(masks, display + masks.shape[-1:], 'bilinear'))
+    fig = viz.plot_class_masks(small[None], small_masks[None], np.zeros_like(small_masks[None]),
+                               (probs[None] > 0.5).astype(np.float32), probs[None],
+                               explainer.class_names)
+    viz.save_figure(fig, os.path.join(out_dir, f'{name}.png'))
+    print(f'{path}: predicted {", ".join(summary["predicted"]) or "(none)"} -> '
+          f'{os.path.join(out_dir, name)}.png/.json')
+  return problems
+
+
+def _display_size(shape, longest: int = 160) -> Tuple[int, int]:
+  scale = longest / max(shape)
+  return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
+def _unique_name(stem: str, used: set) -> str:
+  name, k = stem, 1
+  while name in used:
+    k += 1
+    name = f'{stem}_{k}'
+  used.add(name)
+  return name
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  paths = argv[1:]
+  if not FLAGS.workdir or not FLAGS.out or not paths:
+    print('usage: python -m wysiwyc.explain --workdir=W --out=DIR IMAGE...', file=sys.stderr)
+    sys.exit(2)
+  try:
+    explainer = load(FLAGS.workdir)
+  except errors.UserError as error:
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(2)
+  problems = explain_files(explainer, paths, FLAGS.out)
+  for problem in problems:
+    print(f'error: {problem}', file=sys.stderr)
+  sys.exit(1 if problems else 0)
+
+
+def cli():
+  """Console entry point (`wysiwyc-explain`); flags are defined here so importing is free."""
+  flags.DEFINE_string('workdir', None, 'A trained wysiwyc workdir (read only).')
+  flags.DEFINE_string('out', None, 'Folder for the overlay PNGs and JSON files.')
+  app.run(main)
+
+
+if __name__ == '__main__':
+  cli()
