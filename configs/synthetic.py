@@ -17,7 +17,7 @@ from wysiwyc.data import synthetic
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  """Returns the config; `arg` picks a variant: '' (default) or 'smoke'."""
+  """Returns the config; `arg` is a comma-separated list of variants (see `VARIANTS`)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.log_every_steps = 20
@@ -72,10 +72,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.distributed.process_id = -1
   config.distributed.cpu_collectives = ''
 
-  if arg == 'smoke':
-    apply_smoke(config)
-  elif arg:
-    raise ValueError(f"Unknown config variant {arg!r}; use '' or 'smoke'.")
+  for variant in filter(None, arg.split(',')):
+    if variant not in VARIANTS:
+      raise ValueError(f'Unknown config variant {variant!r}; choose from {sorted(VARIANTS)}, '
+                       "comma-separated (e.g. 'smoke,rts').")
+    VARIANTS[variant](config)
   return config
 
 
@@ -106,3 +107,13 @@ def apply_smoke(config: ml_collections.ConfigDict) -> None:
   config.explainer.train.num_epochs = 2
   config.eval.batch_size = 16
   config.eval.num_figure_images = 3
+
+
+def apply_real_time_saliency(config: ml_collections.ConfigDict) -> None:
+  """The Real-Time Saliency baseline: the same explainer and trainer, its loss (DESIGN.md)."""
+  config.loss = ml_collections.ConfigDict(dict(
+      kind='real_time_saliency', lambda_tv=10.0, lambda_area=1.0, lambda_preserve=1.0,
+      lambda_destroy=5.0, destroyer_power=0.3))
+
+
+VARIANTS = {'smoke': apply_smoke, 'rts': apply_real_time_saliency}
