@@ -4,8 +4,6 @@ Runs every stage of `wysiwyc.train.train_and_evaluate`. Override any config fiel
 `--config.FIELD=VALUE`; pick a config variant with `--config=configs/synthetic.py:smoke`.
 """
 
-import logging as pylogging
-import os
 import sys
 
 from absl import app
@@ -14,41 +12,17 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from wysiwyc import runtime
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, results and figures.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-# Libraries whose INFO lines drown the progress output; their warnings still show.
-_QUIET_LIBRARIES = ('orbax', 'tensorflow_datasets', 'etils', 'absl/flags')
-
-
-class _QuietLibraries(pylogging.Filter):
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    if record.levelno >= pylogging.WARNING:
-      return True
-    return not any(f'/{name}/' in record.pathname for name in _QUIET_LIBRARIES)
-
-
-def quiet_library_logs() -> None:
-  """Keeps INFO logs of wysiwyc, drops the INFO chatter of checkpointing and data libraries."""
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-
-
-def use_compilation_cache() -> None:
-  """Persists compiled steps across runs (re-runs and resumes start faster), unless the user
-  chose a cache with JAX_COMPILATION_CACHE_DIR."""
-  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-    jax.config.update('jax_compilation_cache_dir',
-                      os.path.join(os.path.expanduser('~'), '.cache', 'wysiwyc', 'jax'))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-
-
 def main(argv):
-  quiet_library_logs()
-  use_compilation_cache()
+  runtime.quiet_library_logs()
+  runtime.use_compilation_cache()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   from wysiwyc import train  # pylint: disable=g-import-not-at-top
