@@ -352,3 +352,128 @@ def test_merge_class_masks():
     np.testing.assert_array_equal(merged[b], expected)
   np.testing.assert_array_equal(
       np.asarray(metrics.merge_class_masks(class_masks, targets > 0)), merged)
+
+
+# ------------------------------------------- metrics that query a classifier; sanity check
+
+
+def brightness_classifier(images):
+  """Two 'classes': sigmoid of the mean red and of the mean blue value (times 4)."""
+  means = images.mean(axis=(1, 2))
+  return jax.nn.sigmoid(4.0 * jnp.stack([means[:, 0], means[:, 2]], -1))
+
+
+def np_insertion_deletion(images, saliency, class_index, num_steps, del_base, ins_base):
+  out = {'insertion': [], 'deletion': []}
+  for p in range(images.shape[0]):
+    order = np.argsort(-saliency[p].ravel(), kind='stable')
+    n = saliency[p].size
+    ins, dele = [], []
+    for k in range(num_steps + 1):
+      chosen = np.zeros(n, bool)
+      chosen[order[:int(np.round(k * n / num_steps))]] = True
+      chosen = chosen.reshape(saliency[p].shape)[..., None]
+      deleted = np.where(chosen, del_base[p], images[p])
+      inserted = np.where(chosen, images[p], ins_base[p])
+      probs = np.asarray(brightness_classifier(jnp.asarray(np.stack([deleted, inserted]))))
+      dele.append(probs[0, class_index[p]])
+      ins.append(probs[1, class_index[p]])
+    out['insertion'].append(np.trapezoid(ins, dx=1.0 / num_steps))
+    out['deletion'].append(np.trapezoid(dele, dx=1.0 / num_steps))
+  return out
+
+
+def test_insertion_deletion_match_a_numpy_loop_and_reward_the_right_ranking():
+  rng = np.random.default_rng(0)
+  images = rng.normal(0, 1, (3, H, W, 3)).astype(np.float32)
+  saliency = rng.random((3, H, W)).astype(np.float32)
+  saliency[0] = 0.5  # all ties: raster order
+  class_index = np.array([0, 1, 0])
+  blurred = np.full_like(images, 0.1)
+  got = metrics.insertion_deletion(brightness_classifier, images, saliency, class_index,
+                                   num_steps=5, insertion_baseline=blurred)
+  expected = np_insertion_deletion(images, saliency, class_index, 5, np.zeros_like(images),
+                                   blurred)
+  np.testing.assert_allclose(got['insertion'], expected['insertion'], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got['deletion'], expected['deletion'], rtol=1e-5, atol=1e-6)
+  assert got['insertion_curve'].shape == (3, 6)
+  # Ranking red pixels by their red value: deleting them first drops p(red) fastest.
+  good = images[..., 0]
+  scores = {name: metrics.insertion_deletion(brightness_classifier, images, s,
+                                             np.zeros(3, np.int32), num_steps=8)
+            for name, s in (('good', good), ('bad', -good))}
+  assert np.all(scores['good']['deletion'] < scores['bad']['deletion'])
+  assert np.all(scores['good']['insertion'] > scores['bad']['insertion'])
+
+
+def test_insertion_deletion_jits_and_checks_shapes():
+  images = jnp.zeros((2, H, W, 3))
+  fn = jax.jit(lambda x, s, c: metrics.insertion_deletion(brightness_classifier, x, s, c,
+                                                          num_steps=3)['deletion'])
+  np.testing.assert_allclose(fn(images, jnp.zeros((2, H, W)), jnp.zeros(2, jnp.int32)), 0.5)
+  with pytest.raises(AssertionError):
+    metrics.insertion_deletion(brightness_classifier, images, jnp.zeros((2, H, W + 1)),
+                               jnp.zeros(2, jnp.int32))
+
+
+def test_pointing_game_hit():
+  seg = np.zeros((H, W), np.float32)
+  seg[2:5, 3:6] = 1
+  sal = np.zeros((H, W), np.float32)
+  sal[3, 4] = 1
+  assert float(metrics.pointing_game_hit(sal, seg)) == 1.0
+  sal = np.zeros((H, W), np.float32)
+  sal[8, 4] = 1  # 4 rows below the object
+  assert float(metrics.pointing_game_hit(sal, seg)) == 0.0
+  assert float(metrics.pointing_game_hit(sal, seg, tolerance=3.9)) == 0.0
+  assert float(metrics.pointing_game_hit(sal, seg, tolerance=4.0)) == 1.0
+  assert float(metrics.pointing_game_hit(sal, np.zeros_like(seg), tolerance=100)) == 0.0
+  # Ties: the first maximum in raster order (0, 0) counts.
+  assert float(metrics.pointing_game_hit(np.ones((H, W)), seg)) == 0.0
+  corner = np.zeros((H, W), np.float32)
+  corner[0, 0] = 1
+  assert float(metrics.pointing_game_hit(np.ones((H, W)), corner)) == 1.0
+
+
+def test_class_specificity_matches_a_numpy_loop():
+  rng = np.random.default_rng(1)
+  images = rng.normal(0.5, 1, (2, H, W, 3)).astype(np.float32)
+  masks = rng.random((2, H, W, 2)).astype(np.float32)
+  thresholds = (0.2, 0.5, 0.8)
+  got = np.asarray(metrics.class_specificity(brightness_classifier, images, masks, thresholds))
+  assert got.shape == (2, 2, 2)
+  for b in range(2):
+    for t in range(2):
+      for m in range(2):
+        probs = [np.asarray(brightness_classifier(jnp.asarray(
+            images[b:b + 1] * (masks[b, :, :, m] > thr)[None, ..., None])))[0, t]
+                 for thr in thresholds]
+        np.testing.assert_allclose(got[b, t, m], np.mean(probs), rtol=1e-5)
+
+
+def test_class_specificity_of_ground_truth_masks_separates_classes():
+  """Red object left, blue object right; each class's true mask keeps its own evidence only."""
+  images = np.full((1, H, W, 3), -1.0, np.float32)
+  images[0, :, :W // 2, 0] = 2.0
+  images[0, :, W // 2:, 2] = 2.0
+  masks = np.zeros((1, H, W, 2), np.float32)
+  masks[0, :, :W // 2, 0] = 1
+  masks[0, :, W // 2:, 1] = 1
+  probs = metrics.class_specificity(brightness_classifier, images, masks)
+  summary = metrics.class_specificity_summary(probs, np.ones((1, 2)))
+  assert summary['own'] > 0.7 and summary['other'] < 0.3 and summary['num_other_pairs'] == 2
+  single = metrics.class_specificity_summary(probs, np.array([[1, 0]]))
+  assert math.isnan(single['other']) and single['num_other_pairs'] == 0
+  np.testing.assert_allclose(single['own'], probs[0, 0, 0])
+
+
+def test_rank_correlation_matches_scipy_with_ties_and_is_nan_for_constant_maps():
+  stats = pytest.importorskip('scipy.stats')
+  rng = np.random.default_rng(2)
+  a = rng.integers(0, 5, (H, W)).astype(np.float32)  # many ties
+  b = a + rng.normal(0, 2, (H, W)).astype(np.float32)
+  np.testing.assert_allclose(metrics.rank_correlation(a, b),
+                             stats.spearmanr(a.ravel(), b.ravel()).statistic, rtol=1e-5)
+  np.testing.assert_allclose(metrics.rank_correlation(a, a), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(metrics.rank_correlation(a, -a), -1.0, rtol=1e-6)
+  assert math.isnan(float(metrics.rank_correlation(a, np.zeros_like(a))))

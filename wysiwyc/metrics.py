@@ -276,3 +276,139 @@ def reference_masks(segs: chex.Array) -> Dict[str, jnp.ndarray]:
       'all_1': jnp.ones_like(segs),
       'ground_truth': segs,
   }
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics that query the classifier, and the sanity check. `classify` maps images (N,H,W,3) to
+# class probabilities (N,C) with JAX operations (so that these functions can be jitted).
+
+
+def _reveal_counts(num_pixels: int, num_steps: int) -> np.ndarray:
+  return np.round(np.arange(num_steps + 1) * num_pixels / num_steps).astype(np.int32)
+
+
+def saliency_ranks(saliency: chex.Array) -> jnp.ndarray:
+  """(P,H,W) maps -> (P,H*W) int32 rank of each pixel, 0 = most salient (ties: raster order)."""
+  chex.assert_rank(saliency, 3)
+  flat = _soft(saliency).reshape(saliency.shape[0], -1)
+  order = jnp.argsort(-flat, axis=-1, stable=True)
+  return jnp.argsort(order, axis=-1).astype(jnp.int32)
+
+
+def _trapezoid_mean(curves: jnp.ndarray) -> jnp.ndarray:
+  """Area under curves (..., S+1) sampled evenly on [0,1]."""
+  return (curves.sum(-1) - 0.5 * (curves[..., 0] + curves[..., -1])) / (curves.shape[-1] - 1)
+
+
+def insertion_deletion(classify, images: chex.Array, saliency: chex.Array,
+                       class_index: chex.Array, *, num_steps: int = 16,
+                       deletion_baseline: Optional[chex.Array] = None,
+                       insertion_baseline: Optional[chex.Array] = None) -> Dict[str, jnp.ndarray]:
+  """Insertion and deletion AUCs of Petsiuk et al. (RISE) for P (image, class) pairs.
+
+  images (P,H,W,3), saliency (P,H,W), class_index (P,) int. Pixels are taken in decreasing
+  saliency order, round(k*HW/num_steps) of them at step k = 0..num_steps. Deletion replaces
+  them with `deletion_baseline` (default zeros: the mean colour of normalized images) and
+  records the class's probability; insertion starts from `insertion_baseline` (default zeros;
+  the RISE paper uses a blurred image) and puts them back. The AUCs are trapezoid means over
+  the fraction of pixels on [0,1]: higher insertion and lower deletion are better. Returns
+  {'insertion', 'deletion'}: (P,), and {'insertion_curve', 'deletion_curve'}: (P, num_steps+1).
+  """
+  chex.assert_rank([images, saliency, class_index], [4, 3, 1])
+  chex.assert_equal_shape_prefix([images, saliency, class_index], 1)
+  chex.assert_equal(images.shape[1:3], saliency.shape[1:])
+  images = _soft(images)
+  zeros = jnp.zeros_like(images)
+  deletion_baseline = zeros if deletion_baseline is None else _soft(deletion_baseline)
+  insertion_baseline = zeros if insertion_baseline is None else _soft(insertion_baseline)
+  num_pairs = images.shape[0]
+  ranks = saliency_ranks(saliency).reshape(saliency.shape)
+  counts = jnp.asarray(_reveal_counts(saliency.shape[1] * saliency.shape[2], num_steps))
+
+  def probabilities_at(count):
+    moved = (ranks < count)[..., None]
+    deleted = jnp.where(moved, deletion_baseline, images)
+    inserted = jnp.where(moved, images, insertion_baseline)
+    probs = classify(jnp.concatenate([deleted, inserted]))
+    picked = jnp.take_along_axis(probs, jnp.tile(class_index, 2)[:, None], axis=-1)[:, 0]
+    return picked.reshape(2, num_pairs)
+
+  curves = jax.lax.map(probabilities_at, counts)  # (S+1, 2, P)
+  deletion_curve, insertion_curve = curves[:, 0].T, curves[:, 1].T
+  return {'insertion': _trapezoid_mean(insertion_curve),
+          'deletion': _trapezoid_mean(deletion_curve),
+          'insertion_curve': insertion_curve, 'deletion_curve': deletion_curve}
+
+
+def pointing_game_hit(saliency: chex.Array, seg: chex.Array, tolerance: float = 0.0) -> jnp.ndarray:
+  """Pointing game (Zhang et al. 2016): 1 if the saliency maximum (first in raster order on
+  ties) lies within `tolerance` pixels (Euclidean) of the object, else 0 (also for an empty
+  segmentation: count only classes present in the image)."""
+  _check_pair(saliency, seg)
+  height, width = saliency.shape
+  peak = jnp.argmax(_soft(saliency).ravel())
+  row, col = peak // width, peak % width
+  rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+  near = (rows - row) ** 2 + (cols - col) ** 2 <= tolerance ** 2
+  return jnp.any(near & _binary(seg)).astype(jnp.float32)
+
+
+def class_specificity(classify, images: chex.Array, class_masks: chex.Array,
+                      thresholds: Sequence[float] = IOU_THRESHOLDS) -> jnp.ndarray:
+  """Probability of each class when keeping the mask of each class (the authors' notebook).
+
+  images (B,H,W,3), per-class masks (B,H,W,C) in [0,1] -> (B,C,C) where [b, t, m] is the
+  probability of class t for image b with only the pixels where the mask of class m exceeds
+  a threshold kept (the rest set to 0), averaged over `thresholds` (the notebook's 0.1..0.9).
+  A class-specific explanation gives a high [b, t, t] and a low [b, t, m != t].
+  """
+  chex.assert_rank([images, class_masks], [4, 4])
+  chex.assert_equal_shape_prefix([images, class_masks], 3)
+  images, class_masks = _soft(images), _soft(class_masks)
+  b, h, w, c = class_masks.shape
+
+  def at_threshold(threshold):
+    keep = (class_masks > threshold).astype(images.dtype)  # (B,H,W,M)
+    kept = jnp.moveaxis(keep, -1, 1)[..., None] * images[:, None]  # (B,M,H,W,3)
+    probs = classify(kept.reshape((b * c, h, w, 3))).reshape(b, c, -1)  # (B,M,T)
+    return jnp.swapaxes(probs, 1, 2)  # (B,T,M)
+
+  return jax.lax.map(at_threshold, jnp.asarray(thresholds, jnp.float32)).mean(0)
+
+
+def class_specificity_summary(probabilities: chex.Array, labels: chex.Array) -> Dict[str, float]:
+  """Means over images of `class_specificity` output (B,C,C) for the classes present (labels (B,C)).
+
+  'own': probability of a present class t keeping its own mask, over (image, t) pairs;
+  'other': probability of a present class t keeping the mask of another present class m,
+  over (image, t, m != t) triples (only images with >= 2 classes); NaN when there is none.
+  """
+  probabilities = np.asarray(probabilities, np.float64)
+  present = np.asarray(labels) > 0.5
+  num_classes = present.shape[-1]
+  pairs = present[:, :, None] & present[:, None, :]
+  diagonal = np.eye(num_classes, dtype=bool)[None]
+  own, other = pairs & diagonal, pairs & ~diagonal
+  mean = lambda where: float(probabilities[where].mean()) if where.any() else float('nan')
+  return {'own': mean(own), 'other': mean(other), 'num_other_pairs': int(other.sum())}
+
+
+def _average_ranks(x: jnp.ndarray) -> jnp.ndarray:
+  ordered = jnp.sort(x)
+  left = jnp.searchsorted(ordered, x, side='left')
+  right = jnp.searchsorted(ordered, x, side='right')
+  return (left + right - 1).astype(jnp.float32) / 2.0
+
+
+def rank_correlation(a: chex.Array, b: chex.Array) -> jnp.ndarray:
+  """Spearman rank correlation of two maps of the same shape (ties get average ranks).
+
+  The model-randomization sanity check (Adebayo et al. 2018) compares a method's maps for the
+  trained and the randomized classifier: a high correlation means the explanation ignores the
+  weights. NaN when either map is constant (no ranking to compare).
+  """
+  chex.assert_equal_shape([a, b])
+  ra, rb = _average_ranks(_soft(a).ravel()), _average_ranks(_soft(b).ravel())
+  ra, rb = ra - ra.mean(), rb - rb.mean()
+  denominator = jnp.sqrt(jnp.sum(ra * ra) * jnp.sum(rb * rb))
+  return _ratio_or(jnp.sum(ra * rb), denominator, jnp.nan)

@@ -1,0 +1,92 @@
+"""Smoke test of experiments/compare_methods.py on fabricated (untrained) workdirs, 3 images."""
+
+import csv
+import json
+import math
+import os
+
+from absl import flags
+import pytest
+
+from tests.conftest import fabricate_workdir, smoke_config
+from wysiwyc.data import pipeline
+
+import experiments.compare_methods as compare_methods  # pylint: disable=g-bad-import-order
+
+# A subset keeps the test short; every method's output is tested in tests/test_attribution.py.
+METHODS = ['explainer', 'real_time_saliency', 'grad_cam', 'rise', 'extremal_perturbation', 'lime']
+TINY = dict(num_images=3, batch_size=2, timing_batch_size=2, rise_masks=8, ep_iterations=2,
+            ep_areas=['0.1'], lime_samples=8, lime_segments=8, insertion_steps=2,
+            sanity_images=2, figure_images=2)
+
+
+@pytest.fixture(scope='module')
+def compared(tmp_path_factory):
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS(['compare_methods'])
+  config = smoke_config(tmp_path_factory.mktemp('data'))
+  spec = pipeline.prepare(config.data)
+  root = tmp_path_factory.mktemp('compare')
+  workdir, rts = str(root / 'w'), str(root / 'rts')
+  fabricate_workdir(workdir, config, spec.class_names)
+  fabricate_workdir(rts, config, spec.class_names)  # same seed: the same classifier
+  out = str(root / 'out')
+  results = compare_methods.compare(workdir, out, methods=METHODS, rts_workdir=rts, **TINY)
+  return out, results
+
+
+def test_writes_table_csv_json_and_figure(compared):
+  out, results = compared
+  assert list(results) == METHODS
+  for name in ('comparison.md', 'comparison.csv', 'comparison.json', 'figures/comparison.png'):
+    assert os.path.getsize(os.path.join(out, name)) > 0, name
+  with open(os.path.join(out, 'comparison.csv')) as f:
+    rows = list(csv.DictReader(f))
+  assert [r['method'] for r in rows] == METHODS
+  assert set(compare_methods.TABLE_COLUMNS) <= set(rows[0])
+  markdown = open(os.path.join(out, 'comparison.md')).read()
+  for method in METHODS:
+    assert f'| {method} |' in markdown
+  assert "The paper's findings here" in markdown and 'Best iou@0.5' in markdown
+  with open(os.path.join(out, 'comparison.json')) as f:
+    saved = json.load(f)
+  assert saved['settings']['num_images'] == 3
+
+
+def test_metrics_are_in_range_and_sanity_is_skipped_for_amortized_methods(compared):
+  _, results = compared
+  for method, row in results.items():
+    for key in ('iou@0.5', 'mean_f1', 'insertion', 'deletion', 'pointing', 'specificity_own'):
+      assert 0.0 <= row[key] <= 1.0, (method, key)
+    assert row['seconds_per_image'] > 0
+    if method in compare_methods.AMORTIZED:
+      assert row['sanity_rank_corr'] is None
+    else:
+      assert -1.0 <= row['sanity_rank_corr'] <= 1.0 or math.isnan(row['sanity_rank_corr'])
+  # The same untrained explainer in both workdirs gives the same masks and scores.
+  for key in ('iou@0.5', 'insertion', 'specificity_own'):
+    assert results['explainer'][key] == pytest.approx(results['real_time_saliency'][key])
+
+
+def test_findings_state_whether_each_claim_holds():
+  row = lambda **kw: {'iou@0.5': 0.1, 'mean_f1': 0.1, 'seconds_per_image': 1.0,
+                      'specificity_other': 0.5, **kw}
+  results = {'explainer': row(**{'iou@0.5': 0.5, 'seconds_per_image': 0.001,
+                                  'specificity_other': 0.05}),
+             'rise': row(seconds_per_image=0.05), 'grad_cam': row(),
+             'real_time_saliency': row(specificity_other=0.6)}
+  lines = '\n'.join(compare_methods.findings(results))
+  assert 'Best iou@0.5: holds' in lines and 'Best mean_f1: does not hold' in lines
+  assert 'faster than rise: does not hold (50x' in lines
+  assert 'than for rise (at most half): holds' in lines
+  assert 'than for real_time_saliency (at most half): holds' in lines
+
+
+def test_rts_config_freezes_the_classifier_and_sets_the_budget(tmp_path):
+  config = smoke_config(tmp_path)
+  rts = compare_methods.rts_config(config, '/some/workdir', steps=10, num_train=64)
+  assert rts.loss.kind == 'real_time_saliency'
+  assert rts.classifier.checkpoint == '/some/workdir'
+  assert rts.explainer.train.max_steps == 10
+  assert rts.explainer.train.num_epochs * (64 // rts.explainer.train.batch_size) >= 10
+  assert config.loss.kind == 'explainer'  # the original config is left alone
