@@ -20,8 +20,12 @@ the same number of batches. With several processes, each reads a disjoint slice 
 (`tfds.even_splits`) and `batch_size` is the per-process batch.
 
 `data_config` (an `ml_collections.ConfigDict`) fields:
-  name            data set name, a key of the adapter registry (`known_datasets()`): 'synthetic'
+  name            data set name, a key of the adapter registry (`known_datasets()`):
+                  'synthetic', 'voc2007', 'coco2014', 'cub2011' (and the evaluation sets
+                  'voc2007_segmentation', 'coco2014_segmentation')
   data_dir        TFDS data directory (None: the TFDS default, ~/tensorflow_datasets)
+  manual_dir      real data sets: folder of archives placed by hand (None:
+                  <data_dir>/downloads/manual); see `wysiwyc.data.sources`
   image_size      side of the square model input; images are resized to it (bilinear,
                   antialiased; masks nearest) unless they already have that size
   flip            bool: random horizontal flips when training (masks flipped with the image)
@@ -35,14 +39,19 @@ the same number of batches. With several processes, each reads a disjoint slice 
 A data set plugs in through a `DatasetAdapter`: how to make its (unprepared) TFDS builder from
 `data_config`, its class names, and how to map one raw TFDS example to
 {'image' uint8 (H,W,3), 'labels' multi-hot (C,), optional 'class_masks' (H,W,C),
-optional 'foreground' (H,W)}; see `register_dataset`. TensorFlow is kept off every GPU.
+optional 'foreground' (H,W)}; see `register_dataset`. The standard splits 'train',
+'validation', 'test' may be TFDS split expressions of the data set's builder or splits of
+another registered data set (`SplitSource`; VOC and COCO are evaluated on separate
+segmentation sets). Data that is not prepared and cannot be downloaded is reported by
+`missing_data` (and by `prepare`, as a `UserError`) before anything is written. TensorFlow is
+kept off every GPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Dict, Iterator, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from absl import logging
 import ml_collections
@@ -51,6 +60,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from wysiwyc import errors
+from wysiwyc.data import sources
 from wysiwyc.data import synthetic
 
 
@@ -79,6 +89,14 @@ class DataSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class SplitSource:
+  """Where a standard split's examples come from: TFDS split expression `split` (e.g.
+  'train[:-600]') of the builder of registered data set `dataset` (None: the same data set)."""
+  split: str
+  dataset: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetAdapter:
   """How one TFDS data set plugs into the pipeline.
 
@@ -90,11 +108,18 @@ class DatasetAdapter:
     Without 'class_masks', each labelled class gets the foreground (all zeros without one);
     without 'foreground', it is the union of the class masks.
   multilabel: False for single-label data sets (softmax cross-entropy; CUB).
+  splits: data_config -> {standard split: SplitSource}; None: the builder's own splits.
+  missing: data_config -> problems (what to fetch, where to put it) that stop the builder from
+    being prepared here; asked only while it is not prepared. None: nothing can be missing.
+  download_config: data_config -> `tfds.download.DownloadConfig` for `download_and_prepare`.
   """
   make_builder: Callable[[ml_collections.ConfigDict], tfds.core.DatasetBuilder]
   class_names: Callable[[tfds.core.DatasetBuilder], Tuple[str, ...]]
   to_standard: Callable[[Dict[str, tf.Tensor], int], Dict[str, tf.Tensor]]
   multilabel: bool = True
+  splits: Optional[Callable[[ml_collections.ConfigDict], Dict[str, SplitSource]]] = None
+  missing: Optional[Callable[[ml_collections.ConfigDict], List[str]]] = None
+  download_config: Optional[Callable[[ml_collections.ConfigDict], Any]] = None
 
 
 _ADAPTERS: Dict[str, DatasetAdapter] = {}
@@ -127,15 +152,43 @@ register_dataset('synthetic', DatasetAdapter(
 
 
 def prepare(data_config: ml_collections.ConfigDict) -> DataSpec:
-  """Builds the TFDS data set into `data_config.data_dir` unless it is there; its spec."""
+  """Builds the TFDS data set (every source of its splits) into `data_config.data_dir` unless
+  it is there; its spec. Raises `UserError` naming what to fetch when data is missing and
+  cannot be downloaded, before anything is written."""
+  problems = missing_data(data_config)
+  if problems:
+    raise errors.UserError(sources.format_missing(problems))
   adapter = get_adapter(data_config.name)
   builder = _prepared_builder(adapter, data_config)
+  if adapter.splits is None:
+    num_examples = {name: int(info.num_examples) for name, info in builder.info.splits.items()}
+  else:
+    num_examples = {}
+    for split in adapter.splits(data_config):
+      source_builder, tfds_split, _ = _split_source(data_config, split)
+      num_examples[split] = int(source_builder.info.splits[tfds_split].num_examples)
   return DataSpec(
       name=data_config.name,
       class_names=tuple(adapter.class_names(builder)),
       image_size=int(data_config.image_size),
       multilabel=adapter.multilabel,
-      num_examples={name: int(info.num_examples) for name, info in builder.info.splits.items()})
+      num_examples=num_examples)
+
+
+def missing_data(data_config: ml_collections.ConfigDict) -> List[str]:
+  """What stops the data of `data_config` (every split's source) from being prepared here:
+  one message per problem, empty when everything is prepared or can be downloaded. Writes
+  nothing."""
+  adapter = get_adapter(data_config.name)
+  names = [data_config.name] + [source.dataset for source in
+                                (adapter.splits(data_config) if adapter.splits else {}).values()
+                                if source.dataset]
+  problems = []
+  for name in dict.fromkeys(names):
+    source_adapter = get_adapter(name)
+    if source_adapter.missing and not _builder(source_adapter, data_config).is_prepared():
+      problems.extend(source_adapter.missing(data_config))
+  return sources.dedupe(problems)
 
 
 def make_dataset(data_config: ml_collections.ConfigDict, split: str, batch_size: int, *,
@@ -147,9 +200,9 @@ def make_dataset(data_config: ml_collections.ConfigDict, split: str, batch_size:
                      f'process_count; got {batch_size}, {skip_batches}, {process_index}, '
                      f'{process_count}.')
   adapter = get_adapter(data_config.name)
-  builder = _prepared_builder(adapter, data_config)
-  num_classes = len(adapter.class_names(builder))
-  standardize = lambda example: _standardize(example, adapter, num_classes,
+  num_classes = len(adapter.class_names(_prepared_builder(adapter, data_config)))
+  builder, split, source_adapter = _split_source(data_config, split)
+  standardize = lambda example: _standardize(example, source_adapter, num_classes,
                                              int(data_config.image_size))
   if training:
     return _training_dataset(builder, data_config, standardize, split, batch_size, seed, epoch,
@@ -179,15 +232,37 @@ def denormalize(images) -> np.ndarray:
 _BUILDERS: Dict[Tuple[int, str], tfds.core.DatasetBuilder] = {}
 
 
-def _prepared_builder(adapter: DatasetAdapter, data_config) -> tfds.core.DatasetBuilder:
-  """The adapter's builder, prepared; kept per configuration (every epoch asks for it)."""
+def _builder(adapter: DatasetAdapter, data_config) -> tfds.core.DatasetBuilder:
+  """The adapter's builder, not necessarily prepared; kept per configuration."""
   key = (id(adapter), data_config.to_json(sort_keys=True))
   builder = _BUILDERS.get(key)
   if builder is None:
     builder = _BUILDERS[key] = adapter.make_builder(data_config)
-  if not builder.is_prepared():
-    builder.download_and_prepare()
   return builder
+
+
+def _prepared_builder(adapter: DatasetAdapter, data_config) -> tfds.core.DatasetBuilder:
+  """The adapter's builder, prepared (every epoch asks for it)."""
+  builder = _builder(adapter, data_config)
+  if not builder.is_prepared():
+    problems = adapter.missing(data_config) if adapter.missing else []
+    if problems:
+      raise errors.UserError(sources.format_missing(problems))
+    builder.download_and_prepare(
+        download_config=adapter.download_config(data_config) if adapter.download_config
+        else None)
+  return builder
+
+
+def _split_source(data_config, split: str) -> Tuple[tfds.core.DatasetBuilder, str,
+                                                     DatasetAdapter]:
+  """(prepared builder, TFDS split expression, adapter) that standard `split` is read from;
+  a split the adapter does not map is read from the data set's own builder."""
+  adapter = get_adapter(data_config.name)
+  mapping = adapter.splits(data_config) if adapter.splits else {}
+  source = mapping.get(split, SplitSource(split))
+  source_adapter = get_adapter(source.dataset) if source.dataset else adapter
+  return _prepared_builder(source_adapter, data_config), source.split, source_adapter
 
 
 def _epoch_key(seed: int, epoch: int) -> int:
@@ -311,3 +386,9 @@ def _evaluation_dataset(builder, standardize, split, batch_size, process_index, 
                                   dataset.element_spec)  # valid = False
     dataset = dataset.concatenate(tf.data.Dataset.from_tensors(blank).repeat(padding))
   return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+# The real data sets register themselves on import; they need the definitions above.
+from wysiwyc.data import coco  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
+from wysiwyc.data import cub  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
+from wysiwyc.data import voc  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
