@@ -4,22 +4,33 @@ Each training stage keeps two managers under its folder: `checkpoints/` (the lat
 state and loop position, for resuming) and `best/` (the variables with the best validation loss,
 what later stages and `wysiwyc.explain` load). Orbax writes each step into a temporary folder and
 renames it when complete, so a killed run never leaves a half-written step that looks finished.
+Orbax does not checksum array data, so `save` stores a CRC32 of the state in the step's JSON and
+`restore_latest` verifies it: a step whose files were damaged later is skipped, not restored.
 """
 
 import json
 import os
+import zlib
 from typing import Any, Optional, Tuple
 
 from absl import logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+_CHECKSUM_KEY = '_state_crc32'
 
 
 def manager(directory: str, max_to_keep: int = 2, create: bool = True) -> ocp.CheckpointManager:
-  """A synchronous CheckpointManager; `create=False` for read-only use."""
+  """A synchronous CheckpointManager; `create=False` for read-only use.
+
+  Every process must create (and save through) a writing manager together; a read-only one
+  waits for no other process (it skips orbax's root-metadata barrier), so process 0 alone may
+  read with it.
+  """
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                          enable_async_checkpointing=False,
-                                         read_only=not create)
+                                         read_only=not create, save_root_metadata=create)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
@@ -27,9 +38,25 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None
   """Saves `state` (a pytree of arrays) and `meta` (JSON) as `step`, replacing an existing one."""
   if step in mngr.all_steps():
     mngr.delete(step)
+  checksum = state_checksum(state)
+  if checksum is not None:
+    meta = {**meta, _CHECKSUM_KEY: checksum}
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           meta=ocp.args.JsonSave(meta)), force=True)
   mngr.wait_until_finished()
+
+
+def state_checksum(tree: Any) -> Optional[int]:
+  """CRC32 of the bytes of every leaf in tree order; None when a leaf is split over processes."""
+  crc = 0
+  for leaf in jax.tree.leaves(tree):
+    if isinstance(leaf, jax.Array):
+      if not (leaf.is_fully_addressable or leaf.is_fully_replicated):
+        return None
+      if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.extended):
+        leaf = jax.random.key_data(leaf)
+    crc = zlib.crc32(np.ascontiguousarray(np.asarray(leaf)).data, crc)
+  return crc
 
 
 def abstract(tree: Any) -> Any:
@@ -46,11 +73,15 @@ def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> Optional[Tuple[A
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract(target)), meta=ocp.args.JsonRestore()))
+      meta = dict(restored['meta'])
+      expected = meta.pop(_CHECKSUM_KEY, None)
+      if expected is not None and expected != state_checksum(restored['state']):
+        raise ValueError('the arrays do not match the checksum saved with them (damaged files)')
     except Exception as error:  # pylint: disable=broad-except
       logging.warning('Checkpoint step %d in %s is unreadable (%s: %s); falling back to an '
                       'older one.', step, mngr.directory, type(error).__name__, error)
       continue
-    return restored['state'], restored['meta'], step
+    return restored['state'], meta, step
   return None
 
 
@@ -61,7 +92,8 @@ def read_meta(directory: str) -> Optional[dict]:
   mngr = manager(directory, create=False)
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+      meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+      return {k: v for k, v in meta.items() if k != _CHECKSUM_KEY}
     except Exception:  # pylint: disable=broad-except
       continue
   return None

@@ -116,9 +116,11 @@ def evaluate_and_report(config, spec, workdir: str, mesh: Mesh, classifier, clas
   for batch in pipeline.as_numpy(dataset):
     if max_examples and seen >= max_examples:
       break
-    scores, extras = jax.device_get(eval_batch(explainer_variables, classifier_variables,
-                                               train.shard_batch(batch, mesh)))
-    valid = batch['valid'].astype(np.float64)
+    sharded = train.shard_batch(batch, mesh)
+    # Every process gets the scores of the whole global batch (other processes' rows too).
+    (scores, extras), valid = train.fetch_global(
+        (eval_batch(explainer_variables, classifier_variables, sharded), sharded['valid']))
+    valid = valid.astype(np.float64)
     seen += int(valid.sum())
     image_weights.append(valid)
     for name, values in scores.items():
@@ -126,6 +128,7 @@ def evaluate_and_report(config, spec, workdir: str, mesh: Mesh, classifier, clas
       class_weights.setdefault(name, []).append(valid * values['_num_classes'])
     classifier_chunks.append({k: extras[k] for k in extras if k.startswith('accuracy')})
     if figure_batch is None:
+      batch = train.fetch_global(sharded)
       figure_batch = {'image': pipeline.denormalize(batch['image']), 'masks': extras['masks'],
                       'class_masks': batch['class_masks'], 'labels': batch['labels'],
                       'probabilities': extras['probabilities']}
@@ -140,22 +143,34 @@ def evaluate_and_report(config, spec, workdir: str, mesh: Mesh, classifier, clas
     results[name] = {**image_means, 'per_class_iou@0.5': per_class}
   results['classifier'] = _weighted_means(classifier_chunks, image_weights)
   results['classifier']['num_test_images'] = seen
+  # Read by every process: orbax restores wait for all of them. Written by process 0 only.
+  histories = {stage: train.stage_history(os.path.join(workdir, stage))
+               for stage in ('classifier', 'explainer')}
   if jax.process_index() == 0:
     write_results(results, workdir)
-    viz.save_figure(viz.plot_class_masks(**_figure_inputs(figure_batch, config),
-                                         class_names=spec.class_names),
+    viz.save_figure(viz.plot_class_masks(**_figure_inputs(figure_batch, config,
+                                                          spec.class_names)),
                     os.path.join(workdir, 'figures', 'masks.png'))
-    histories = {stage: train.stage_history(os.path.join(workdir, stage))
-                 for stage in ('classifier', 'explainer')}
     viz.save_figure(viz.plot_training_curves(histories),
                     os.path.join(workdir, 'figures', 'training.png'))
   logging.info('Results:\n%s', results_markdown(results))
   return results
 
 
-def _figure_inputs(batch: dict, config) -> dict:
+def _figure_inputs(batch: dict, config, class_names) -> dict:
+  """The figure's images and at most `eval.figure_max_classes` (default 10) class columns: the
+  classes present in those images first (most frequent first), then the most probable, so that
+  80 (COCO) or 200 (CUB) classes do not make 80 or 200 columns."""
   n = config.eval.get('num_figure_images', 6)
-  return {key: np.asarray(value[:n]) for key, value in batch.items()}
+  inputs = {key: np.asarray(value[:n]) for key, value in batch.items()}
+  max_classes = config.eval.get('figure_max_classes', 10)
+  if len(class_names) > max_classes:
+    score = inputs['labels'].sum(0) * n + inputs['probabilities'].max(0)
+    keep = np.sort(np.argsort(-score, kind='stable')[:max_classes])
+    inputs.update({key: inputs[key][..., keep] for key in ('masks', 'class_masks', 'labels',
+                                                          'probabilities')})
+    class_names = [class_names[i] for i in keep]
+  return {**inputs, 'class_names': list(class_names)}
 
 
 def write_results(results: dict, workdir: str) -> None:

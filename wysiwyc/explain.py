@@ -47,6 +47,9 @@ class Explainer:
     self.multilabel: bool = bool(spec['multilabel'])
     self._classifier_vars = classifier_vars
     self._explainer_vars = explainer_vars
+    # The modules and variables themselves, for tools that need more than masks (baselines).
+    self.classifier, self.classifier_variables = classifier, classifier_vars
+    self.explainer, self.explainer_variables = explainer, explainer_vars
     self._segment = jax.jit(lambda v, x: explainer.apply(v, x, train=False))
     self._classify = jax.jit(lambda v, x: classifier.apply(v, x, train=False))
 
@@ -129,6 +132,9 @@ def load(workdir: str) -> Explainer:
   config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, 'config.json')))
   spec = _read_json(os.path.join(workdir, 'spec.json'))
   num_classes = len(spec['class_names'])
+  if config.get('mode', 'explainer') == 'self_explainer':
+    # Registers its classifier head: `predict` is then the self-explainer's own classification.
+    from wysiwyc import self_explainer  # pylint: disable=g-import-not-at-top,unused-import
   classifier = models.classifiers.build(config.classifier.name, num_classes,
                                         **config.classifier.kwargs)
   explainer = models.build_explainer(config.explainer.name, num_classes,

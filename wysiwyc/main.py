@@ -31,6 +31,8 @@ def main(argv):
   distributed.maybe_initialize(FLAGS.config)
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
+  if jax.process_index() != 0:  # Process 0 logs progress; the others only warnings and errors.
+    logging.set_verbosity(logging.WARNING)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except train.Preempted as preempted:

@@ -31,6 +31,7 @@ from wysiwyc import losses
 from wysiwyc import metrics
 from wysiwyc import models
 from wysiwyc.data import pipeline
+from wysiwyc.data import sources
 
 Batch = Dict[str, np.ndarray]
 
@@ -67,11 +68,17 @@ def create_mesh() -> Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, what: str) -> None:
+def check_batch_size(batch_size: int, mesh: Mesh, what: str, micro_batches: int = 1) -> None:
+  """Refuses a global batch that does not split evenly over devices, processes and the
+  `micro_batches` of gradient accumulation."""
   devices, processes = mesh.devices.size, jax.process_count()
-  if batch_size % devices or batch_size % processes:
+  if micro_batches < 1:
+    raise errors.UserError(f'grad_accum_steps = {micro_batches}; it must be 1 or more.')
+  if batch_size % (devices * micro_batches) or batch_size % processes:
+    accum = f' x {micro_batches} micro-batches' if micro_batches > 1 else ''
     raise errors.UserError(f'{what} = {batch_size} does not divide over {devices} devices in '
-                     f'{processes} processes; set it to a multiple of {devices}.')
+                     f'{processes} processes{accum}; set it to a multiple of '
+                     f'{devices * micro_batches}.')
 
 
 def shard_batch(batch: Batch, mesh: Mesh) -> Dict[str, jax.Array]:
@@ -79,6 +86,14 @@ def shard_batch(batch: Batch, mesh: Mesh) -> Dict[str, jax.Array]:
   sharding = NamedSharding(mesh, P('data'))
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
+
+
+def fetch_global(tree: Any) -> Any:
+  """Global arrays -> numpy arrays of the whole global batch, on every process."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -89,13 +104,49 @@ def local_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
-def make_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam (the paper's optimizer), with optional global-norm clipping."""
+def make_optimizer(train_config: ml_collections.ConfigDict,
+                   trainable: str = 'all') -> optax.GradientTransformation:
+  """Adam (the paper's optimizer), with optional global-norm clipping. `trainable='head'` updates
+  only the parameters under top-level names 'head*' (the paper's frozen backbone); the others
+  get zero updates and no optimizer state."""
   chain = []
   if train_config.get('grad_clip', 0.0):
     chain.append(optax.clip_by_global_norm(train_config.grad_clip))
   chain.append(optax.adam(train_config.learning_rate))
-  return optax.chain(*chain)
+  if trainable == 'all':
+    return optax.chain(*chain)
+  return optax.multi_transform(
+      {'train': optax.chain(*chain), 'frozen': optax.set_to_zero()},
+      functools.partial(models.zoo.trainable_labels, trainable=trainable))
+
+
+def with_pretrained_weights(model: nn.Module, state: TrainState, mesh: Mesh) -> TrainState:
+  """A fresh state with the model's pretrained weights put in (zoo backbones; others as is)."""
+  variables = models.load_pretrained(model, {'params': state.params,
+                                             'batch_stats': state.batch_stats})
+  return replicate(state.replace(params=variables['params'],
+                                 batch_stats=variables['batch_stats']), mesh)
+
+
+def check_inputs_available(config: ml_collections.ConfigDict) -> None:
+  """Stops, before anything is written, when the data or pretrained weights of `config` are
+  neither on this machine nor downloadable, with one message naming all of them."""
+  problems = list(pipeline.missing_data(config.data))
+  # The number of classes does not matter for a weights file; 1 avoids preparing the data.
+  builders = [lambda: models.build_explainer(config.explainer.name, 1, **config.explainer.kwargs)]
+  if not config.classifier.get('checkpoint', ''):
+    builders.append(lambda: models.classifiers.build(config.classifier.name, 1,
+                                                     **config.classifier.kwargs))
+  for build in builders:
+    try:
+      module = build()
+    except (ValueError, TypeError):  # Not buildable yet (e.g. registered by its stage): the
+      continue                       # stage that builds it reports any problem.
+    problem = models.missing_pretrained(module)
+    if problem:
+      problems.append(problem)
+  if problems:
+    raise errors.UserError(sources.format_missing(problems))
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
@@ -129,21 +180,56 @@ def classifier_loss(logits, labels, multilabel: bool):
   return losses.classification_loss(logits, labels, multilabel=multilabel)
 
 
-def make_classifier_train_step(model: nn.Module, tx, multilabel: bool) -> Callable:
+def accumulate_gradients(objective: Callable, params, batch_stats, batch, rng,
+                         micro_batches: int = 1) -> tuple:
+  """Gradients of `objective` on `batch`, computed over `micro_batches` equal slices in turn.
+
+  `objective(params, batch_stats, batch, rng) -> (loss, (metrics, batch_stats))`, where the loss
+  and metrics are means over the batch. Returns (metrics, batch_stats, grads), the metrics and
+  gradients averaged over the slices: for per-example means this equals one pass over the whole
+  batch (up to float rounding), in a fraction of the activation memory. BatchNorm statistics are
+  those of each slice, their running averages updated once per slice.
+  """
+  grad_fn = jax.grad(objective, has_aux=True)
+  if micro_batches == 1:
+    grads, (step_metrics, batch_stats) = grad_fn(params, batch_stats, batch, rng)
+    return step_metrics, batch_stats, grads
+
+  def split(x):  # Row i -> slice i % k: each slice keeps its rows on their devices.
+    return jnp.moveaxis(x.reshape((-1, micro_batches) + x.shape[1:]), 1, 0)
+
+  def body(carry, inputs):
+    grads_sum, batch_stats = carry
+    index, micro_batch = inputs
+    grads, (step_metrics, batch_stats) = grad_fn(params, batch_stats, micro_batch,
+                                                 jax.random.fold_in(rng, index))
+    return (jax.tree.map(jnp.add, grads_sum, grads), batch_stats), step_metrics
+
+  (grads, batch_stats), step_metrics = jax.lax.scan(
+      body, (jax.tree.map(jnp.zeros_like, params), batch_stats),
+      (jnp.arange(micro_batches), jax.tree.map(split, batch)))
+  mean = lambda tree: jax.tree.map(lambda x: x.mean(axis=0), tree)
+  return mean(step_metrics), batch_stats, jax.tree.map(lambda g: g / micro_batches, grads)
+
+
+def make_classifier_train_step(model: nn.Module, tx, multilabel: bool,
+                               micro_batches: int = 1) -> Callable:
   def step(state: TrainState, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
 
-    def loss_fn(params):
-      logits, batch_stats = apply_model(model, params, state.batch_stats, batch['image'],
+    def loss_fn(params, batch_stats, batch, rng):
+      logits, batch_stats = apply_model(model, params, batch_stats, batch['image'],
                                         train=True, rng=rng)
-      return classifier_loss(logits, batch['labels'], multilabel), (logits, batch_stats)
+      loss = classifier_loss(logits, batch['labels'], multilabel)
+      accuracy = per_class_accuracy(logits, batch['labels'], multilabel).mean()
+      return loss, ({'loss': loss, 'accuracy': accuracy}, batch_stats)
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    step_metrics, batch_stats, grads = accumulate_gradients(
+        loss_fn, state.params, state.batch_stats, batch, rng, micro_batches)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                           batch_stats=batch_stats, opt_state=opt_state)
-    return state, {'loss': loss, 'accuracy': per_class_accuracy(logits, batch['labels'],
-                                                                multilabel).mean()}
+    return state, step_metrics
   return step
 
 
@@ -177,18 +263,19 @@ def explainer_loss_fn(config: ml_collections.ConfigDict, multilabel: bool) -> Ca
 
 
 def make_explainer_train_step(explainer: nn.Module, classifier: nn.Module, tx,
-                              loss_fn: Callable) -> Callable:
+                              loss_fn: Callable, micro_batches: int = 1) -> Callable:
   def step(state: TrainState, classifier_variables, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
     classify = lambda images: classifier.apply(classifier_variables, images, train=False)
 
-    def objective(params):
-      segmentations, batch_stats = apply_model(explainer, params, state.batch_stats,
+    def objective(params, batch_stats, batch, rng):
+      segmentations, batch_stats = apply_model(explainer, params, batch_stats,
                                                batch['image'], train=True, rng=rng)
       loss, aux = loss_fn(segmentations, batch['image'], batch['labels'], classify)
       return loss, (aux, batch_stats)
 
-    (_, (aux, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    aux, batch_stats, grads = accumulate_gradients(objective, state.params, state.batch_stats,
+                                                   batch, rng, micro_batches)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                           batch_stats=batch_stats, opt_state=opt_state)
@@ -220,12 +307,24 @@ class Preempted(Exception):
 
 
 class _SigtermFlag:
-  """Turns SIGTERM (a preemption notice) into a flag that the loop checks between steps."""
+  """Turns SIGTERM (a preemption notice) into a flag that the loop checks between steps.
+
+  Under `jax.distributed` the handler is left to JAX's preemption service, which makes every
+  process stop at the same step (`preemption_sync_point`). A notice that arrives after the last
+  step check of a stage (during the last validation) ends the run once the stage is saved.
+  """
 
   def __init__(self):
-    self.raised = False
+    self._received = False
+
+  @property
+  def raised(self) -> bool:
+    return self._received
 
   def __enter__(self):
+    self._previous = None
+    if jax.process_count() > 1:
+      return self
     self._previous = signal.getsignal(signal.SIGTERM)
     try:
       signal.signal(signal.SIGTERM, self._handle)
@@ -235,11 +334,23 @@ class _SigtermFlag:
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.raised = True
+    self._received = True
 
-  def __exit__(self, *exc):
+  def __exit__(self, exc_type, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+    if self._received and exc_type is None:
+      raise Preempted('SIGTERM received at the end of a stage, which is saved. Re-run the same '
+                      'command to continue.')
+
+
+def preemption_sync_point(step: int) -> bool:
+  """True on every process at the same step once any of them got a preemption notice
+  (multi-process runs only; call it at every step)."""
+  if jax.process_count() == 1:
+    return False
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return multihost_utils.reached_preemption_sync_point(step)
 
 
 class SummaryWriter:
@@ -283,8 +394,9 @@ def evaluate(eval_step: Callable, variables, batches: Iterator[Batch], mesh: Mes
   """Means over valid images of every per-image metric of `eval_step`."""
   sums, count = {}, 0.0
   for batch in batches:
-    valid = batch['valid'].astype(np.float32)
-    out = jax.device_get(eval_step(variables, shard_batch(batch, mesh)))
+    sharded = shard_batch(batch, mesh)
+    out, valid = fetch_global((eval_step(variables, sharded), sharded['valid']))
+    valid = valid.astype(np.float32)
     for key, value in out.items():
       value = np.nan_to_num(np.asarray(value, np.float64))
       sums[key] = sums.get(key, 0.0) + float(np.sum(value * valid))
@@ -334,7 +446,8 @@ def fit(stage: Stage, state: TrainState, config: ml_collections.ConfigDict, spec
       bar = tqdm.tqdm(total=steps_per_epoch, initial=meta['batch_in_epoch'], disable=not is_main,
                       desc=f'{stage.name} epoch {epoch + 1}/{tc.num_epochs}', unit='step',
                       dynamic_ncols=True, mininterval=2.0)
-      train_sums, train_count, t0 = {}, 0, time.time()
+      # The epoch's running train sums live in `meta`, so a resumed epoch reports the same means.
+      train_sums, t0 = meta.setdefault('epoch_train_sums', {}), time.time()
       for batch in pipeline.as_numpy(dataset):
         state, step_metrics = stage.train_step(state, shard_batch(batch, mesh), rng)
         meta['batch_in_epoch'] += 1
@@ -344,10 +457,10 @@ def fit(stage: Stage, state: TrainState, config: ml_collections.ConfigDict, spec
           values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
           for k, v in values.items():
             train_sums[k] = train_sums.get(k, 0.0) + v
-          train_count += 1
+          meta['epoch_train_count'] = meta.get('epoch_train_count', 0) + 1
           bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}")
           writer.scalars(step, {f'train/{k}': v for k, v in values.items()})
-        if sigterm.raised:
+        if sigterm.raised or preemption_sync_point(step):
           save_latest()
           bar.close()
           raise Preempted(f'{stage.name}: SIGTERM received; saved step {step}. Re-run the same '
@@ -363,7 +476,8 @@ def fit(stage: Stage, state: TrainState, config: ml_collections.ConfigDict, spec
           seed=config.seed, process_index=jax.process_index(),
           process_count=jax.process_count())), mesh)
       writer.scalars(int(state.step), {f'val/{k}': v for k, v in val.items()})
-      train_means = {k: v / max(train_count, 1) for k, v in train_sums.items()}
+      train_means = {k: v / max(meta.get('epoch_train_count', 0), 1)
+                     for k, v in train_sums.items()}
       meta['history'].append({'epoch': epoch + 1, 'step': int(state.step),
                               'seconds': round(time.time() - t0, 2),
                               'train': train_means, 'val': val})
@@ -377,14 +491,14 @@ def fit(stage: Stage, state: TrainState, config: ml_collections.ConfigDict, spec
         meta['bad_epochs'] += 1
       logging.info('%s epoch %d: %s | val %s%s', stage.name, epoch + 1,
                    _fmt(train_means), _fmt(val), ' (best)' if improved else '')
-      meta.update(epoch=epoch + 1, batch_in_epoch=0)
+      meta.update(epoch=epoch + 1, batch_in_epoch=0, epoch_train_sums={}, epoch_train_count=0)
       if meta['bad_epochs'] >= tc.patience:
         logging.info('%s: early stopping after %d epochs without improvement of %.4g.',
                      stage.name, meta['bad_epochs'], tc.min_delta)
         break
       save_latest()
-  meta['done'] = True
-  save_latest()
+    meta['done'] = True
+    save_latest()
   return _restore_best(best, state, mesh)
 
 
@@ -410,14 +524,25 @@ def stage_history(directory: str) -> list:
 # Stages.
 
 
+def compute_dtype_kwargs(config) -> dict:
+  """`{'dtype': bfloat16}` for `config.compute_dtype='bfloat16'` (parameters stay float32),
+  nothing for float32, so models that take no `dtype` keep working."""
+  name = config.get('compute_dtype', 'float32')
+  if name == 'float32':
+    return {}
+  if name == 'bfloat16':
+    return {'dtype': jnp.bfloat16}
+  raise errors.UserError(f"compute_dtype={name!r}; choose 'float32' or 'bfloat16'.")
+
+
 def build_classifier(config, spec) -> nn.Module:
   return models.classifiers.build(config.classifier.name, len(spec.class_names),
-                                  **config.classifier.kwargs)
+                                  **config.classifier.kwargs, **compute_dtype_kwargs(config))
 
 
 def build_explainer(config, spec) -> nn.Module:
   return models.build_explainer(config.explainer.name, len(spec.class_names),
-                                **config.explainer.kwargs)
+                                **config.explainer.kwargs, **compute_dtype_kwargs(config))
 
 
 def jit_train_step(step_fn: Callable, mesh: Mesh, num_replicated_args: int = 0) -> Callable:
@@ -439,19 +564,23 @@ def classifier_stage(config, spec, workdir: str, mesh: Mesh, rng) -> tuple:
   classifier = build_classifier(config, spec)
   directory = os.path.join(workdir, 'classifier')
   tc = config.classifier.train
-  tx = make_optimizer(tc)
-  state = replicate(init_state(classifier, tx, rng, config.data.image_size), mesh)
   source = config.classifier.get('checkpoint', '')
+  # A classifier loaded from a checkpoint is not trained: no trainable/frozen split to make.
+  tx = make_optimizer(tc, 'all' if source else config.classifier.get('trainable', 'all'))
+  state = replicate(init_state(classifier, tx, rng, config.data.image_size), mesh)
   if source:
     variables = load_classifier_checkpoint(source, state)
     checkpointing.save(checkpointing.manager(os.path.join(directory, 'best'), max_to_keep=1), 0,
                        variables, {'source': os.path.abspath(source)})
     return classifier, replicate(model_variables(**variables), mesh)
-  check_batch_size(tc.batch_size, mesh, 'classifier.train.batch_size')
+  state = with_pretrained_weights(classifier, state, mesh)
+  micro_batches = tc.get('grad_accum_steps', 1)
+  check_batch_size(tc.batch_size, mesh, 'classifier.train.batch_size', micro_batches)
   stage = Stage(
       name='classifier', directory=directory, train_config=tc,
       log_dir=os.path.join(workdir, 'tensorboard', 'classifier'),
-      train_step=jit_train_step(make_classifier_train_step(classifier, tx, spec.multilabel), mesh),
+      train_step=jit_train_step(make_classifier_train_step(classifier, tx, spec.multilabel,
+                                                           micro_batches), mesh),
       eval_step=jit_eval_step(make_classifier_eval_step(classifier, spec.multilabel), mesh))
   state = fit(stage, state, config, spec, mesh, rng)
   return classifier, state.variables()
@@ -477,12 +606,15 @@ def explainer_stage(config, spec, workdir: str, mesh: Mesh, classifier, classifi
   """Stage 2: trains the explainer against the frozen classifier."""
   explainer = build_explainer(config, spec)
   tc = config.explainer.train
-  check_batch_size(tc.batch_size, mesh, 'explainer.train.batch_size')
+  micro_batches = tc.get('grad_accum_steps', 1)
+  check_batch_size(tc.batch_size, mesh, 'explainer.train.batch_size', micro_batches)
   tx = make_optimizer(tc)
   state = replicate(init_state(explainer, tx, rng, config.data.image_size), mesh)
+  state = with_pretrained_weights(explainer, state, mesh)
   loss_fn = explainer_loss_fn(config, spec.multilabel)
-  train_step = jit_train_step(make_explainer_train_step(explainer, classifier, tx, loss_fn), mesh,
-                              num_replicated_args=1)
+  train_step = jit_train_step(make_explainer_train_step(explainer, classifier, tx, loss_fn,
+                                                        micro_batches),
+                              mesh, num_replicated_args=1)
   eval_step = jit_eval_step(make_explainer_eval_step(explainer, classifier, loss_fn), mesh, 2)
   stage = Stage(
       name='explainer', directory=os.path.join(workdir, 'explainer'), train_config=tc,
@@ -498,7 +630,7 @@ def explainer_stage(config, spec, workdir: str, mesh: Mesh, classifier, classifi
 
 # Config fields that change the shape or meaning of checkpoints: a workdir made with other values
 # cannot be resumed.
-_FROZEN_FIELDS = ('data', 'classifier.name', 'classifier.kwargs', 'explainer.name',
+_FROZEN_FIELDS = ('mode', 'data', 'classifier.name', 'classifier.kwargs', 'explainer.name',
                   'explainer.kwargs', 'loss.kind')
 
 
@@ -524,6 +656,17 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
                      'previous values).')
 
 
+def prepare_data(data_config) -> pipeline.DataSpec:
+  """`pipeline.prepare`, by process 0 first: processes that share a data_dir never build the
+  data set at the same time (with separate data_dirs, the others build theirs afterwards)."""
+  if jax.process_count() == 1:
+    return pipeline.prepare(data_config)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  spec = pipeline.prepare(data_config) if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices('wysiwyc: data prepared by process 0')
+  return spec or pipeline.prepare(data_config)
+
+
 def write_workdir_description(config, spec, workdir: str) -> None:
   if jax.process_index() != 0:
     return
@@ -546,15 +689,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   from wysiwyc import evaluation  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   check_workdir_config(config, workdir)
   config = config.copy_and_resolve_references()
+  check_inputs_available(config)  # missing data or weights: stop before writing anything
+  os.makedirs(workdir, exist_ok=True)
   mesh = create_mesh()
   logging.info('Devices: %d (%s) in %d process(es).', jax.device_count(),
                jax.devices()[0].platform, jax.process_count())
-  spec = pipeline.prepare(config.data)
+  spec = prepare_data(config.data)
   write_workdir_description(config, spec, workdir)
   rng = jax.random.key(config.seed)
+  mode = config.get('mode', 'explainer')
+  if mode == 'self_explainer':  # One network classifies and explains (wysiwyc/self_explainer.py).
+    from wysiwyc import self_explainer  # pylint: disable=g-import-not-at-top
+    return evaluation.evaluate_and_report(config, spec, workdir, mesh,
+                                          *self_explainer.self_explainer_stage(
+                                              config, spec, workdir, mesh,
+                                              jax.random.fold_in(rng, 2)))
+  if mode != 'explainer':
+    raise errors.UserError(f"Unknown mode {mode!r}; choose 'explainer' or 'self_explainer'.")
   classifier, classifier_variables = classifier_stage(config, spec, workdir, mesh,
                                                       jax.random.fold_in(rng, 1))
   explainer, explainer_variables = explainer_stage(config, spec, workdir, mesh, classifier,
