@@ -39,8 +39,7 @@ def main(argv):
     logging.warning('%s', preempted)
     sys.exit(143)
   except errors.UserError as error:
-    # Configuration and data problems: a clear message, no traceback.
-    logging.error('%s', error)
+    # Configuration and data problems: a clear message (once), no traceback.
     print(f'error: {error}', file=sys.stderr)
     sys.exit(2)
 
