@@ -60,7 +60,7 @@ def test_masks_at_model_size_match_the_network(explainer):
   """At the model's own size, masks are exactly sigmoid(explainer logits) of the normalized image."""
   import jax
   images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-  logits = explainer._segment(explainer._explainer_vars, explain.normalize(images))
+  logits = explainer._segment(explainer.explainer_variables, explain.normalize(images))
   np.testing.assert_allclose(explainer.masks(images), jax.nn.sigmoid(logits), atol=1e-6)
 
 

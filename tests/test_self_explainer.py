@@ -196,13 +196,13 @@ def test_explain_load_predicts_the_models_own_classification(finished):
   workdir, _ = finished
   loaded = explain.load(workdir)
   images = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-  logits = np.asarray(loaded._segment(loaded._explainer_vars, explain.normalize(images)))
+  logits = np.asarray(loaded._segment(loaded.explainer_variables, explain.normalize(images)))
   np.testing.assert_allclose(loaded.masks(images), 1 / (1 + np.exp(-logits)), atol=1e-5)
   np.testing.assert_allclose(loaded.predict(images), 1 / (1 + np.exp(-logits.mean(axis=(1, 2)))),
                              atol=1e-5)
   # The classifier checkpoint holds the explainer's own parameters.
-  jax.tree.map(np.testing.assert_array_equal, loaded._classifier_vars['params']['segmenter'],
-               loaded._explainer_vars['params'])
+  jax.tree.map(np.testing.assert_array_equal, loaded.classifier_variables['params']['segmenter'],
+               loaded.explainer_variables['params'])
 
 
 def test_rerun_reuses_the_finished_run(finished, data_dir):

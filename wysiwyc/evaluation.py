@@ -19,6 +19,7 @@ import numpy as np
 
 from wysiwyc import checkpointing
 from wysiwyc import metrics
+from wysiwyc import train
 from wysiwyc.data import pipeline
 
 REFERENCE_METHODS = ('all_0', 'all_0.5', 'all_1', 'ground_truth')
@@ -72,18 +73,12 @@ def make_eval_batch_fn(explainer: nn.Module, classifier: nn.Module, multilabel: 
     plain, kept, dropped = jnp.split(
         classify(jnp.concatenate([image, merged[..., None] * image,
                                   (1 - merged[..., None]) * image])), 3)
-    accuracy = lambda logits: _accuracy(logits, batch['labels'], multilabel)
+    accuracy = lambda logits: train.per_class_accuracy(logits, batch['labels'], multilabel)
     extras = {'accuracy_plain': accuracy(plain), 'accuracy_kept': accuracy(kept),
               'accuracy_dropped': accuracy(dropped),
               'probabilities': classifier_probabilities(plain, multilabel), 'masks': masks}
     return scores, extras
   return eval_batch
-
-
-def _accuracy(logits, labels, multilabel):
-  if multilabel:
-    return ((logits > 0) == (labels > 0.5)).mean(-1)
-  return (logits.argmax(-1) == labels.argmax(-1)).astype(jnp.float32)
 
 
 def _weighted_means(chunks: List[Dict[str, np.ndarray]], weights: List[np.ndarray]) -> dict:
@@ -99,7 +94,6 @@ def _weighted_means(chunks: List[Dict[str, np.ndarray]], weights: List[np.ndarra
 def evaluate_and_report(config, spec, workdir: str, mesh: Mesh, classifier, classifier_variables,
                         explainer, explainer_variables) -> dict:
   """Scores every method on the test split and writes results.json, results.md and figures."""
-  from wysiwyc import train  # pylint: disable=g-import-not-at-top
   from wysiwyc import viz  # pylint: disable=g-import-not-at-top
   repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   eval_batch = jax.jit(make_eval_batch_fn(explainer, classifier, spec.multilabel),

@@ -45,8 +45,6 @@ class Explainer:
     self.class_names: Tuple[str, ...] = tuple(spec['class_names'])
     self.image_size: int = int(spec['image_size'])
     self.multilabel: bool = bool(spec['multilabel'])
-    self._classifier_vars = classifier_vars
-    self._explainer_vars = explainer_vars
     # The modules and variables themselves, for tools that need more than masks (baselines).
     self.classifier, self.classifier_variables = classifier, classifier_vars
     self.explainer, self.explainer_variables = explainer, explainer_vars
@@ -73,7 +71,7 @@ class Explainer:
     """Per-class masks in [0,1] at each input's size: (B,H,W,C), or (H,W,C) for one image."""
     inputs, single = self._prepare(images)
     height, width = np.asarray(images).shape[-3:-1]
-    logits = self._segment(self._explainer_vars, inputs)
+    logits = self._segment(self.explainer_variables, inputs)
     masks = jax.image.resize(jax.nn.sigmoid(logits),
                              (logits.shape[0], height, width, logits.shape[-1]), 'bilinear')
     masks = np.clip(np.asarray(masks), 0.0, 1.0)
@@ -82,7 +80,7 @@ class Explainer:
   def predict(self, images) -> np.ndarray:
     """Class probabilities (B,C) (sigmoid if multi-label, else softmax), or (C,) for one image."""
     inputs, single = self._prepare(images)
-    logits = self._classify(self._classifier_vars, inputs)
+    logits = self._classify(self.classifier_variables, inputs)
     probs = jax.nn.sigmoid(logits) if self.multilabel else jax.nn.softmax(logits)
     probs = np.asarray(probs)
     return probs[0] if single else probs
