@@ -282,6 +282,46 @@ def test_class_mask_area_loss_of_all_zero_and_all_one_masks():
   assert float(losses.class_mask_area_loss(ones, np.zeros((1, C)), 0.05, 0.3)) == 0.0
 
 
+def sorted_area_loss(seg, targets, min_area, max_area):
+  """The authors' formulation: sort descending, compare with the 0/1 reference profiles."""
+  b, h, w, c = seg.shape
+  masks = -jnp.sort(-jax.nn.sigmoid(seg).reshape(b, h * w, c), axis=1)
+  index = jnp.arange(h * w)[:, None]
+  per_pixel = jnp.zeros_like(masks)
+  if min_area > 0:
+    per_pixel += jax.nn.relu((index < int(h * w * min_area)) - masks)
+  if max_area < 1:
+    per_pixel += jax.nn.relu(masks - (index < int(h * w * max_area)))
+  return jnp.sum(per_pixel.mean(axis=1) * targets, axis=-1).mean()
+
+
+@pytest.mark.parametrize('scale', [0.05, 2.0, 40.0])
+def test_class_mask_area_loss_gradient_equals_the_sorting_formulation(scale):
+  """The sort-free top-k sums give the value and gradient of sorting (saturated masks too)."""
+  seg, _, targets = random_inputs(scale=scale)
+  for min_area, max_area in [(0.05, 0.3), (0.0, 0.5), (0.2, 1.0)]:
+    args = (targets, min_area, max_area)
+    value, grad = jax.value_and_grad(losses.class_mask_area_loss)(seg, *args)
+    expected_value, expected_grad = jax.value_and_grad(sorted_area_loss)(seg, *args)
+    np.testing.assert_allclose(value, expected_value, **TOL)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-9)
+
+
+def test_class_mask_area_loss_shares_the_gradient_between_tied_pixels():
+  """With ties at the k-th largest value, the tied pixels share the gradient that sorting would
+  give to an arbitrary subset of them: the sum over the tie is the same."""
+  targets = np.array([[1.0]], np.float32)
+  seg = jnp.zeros((1, 4, 5, 1)).at[0, 0, :3, 0].set(3.0)  # 3 high pixels, 17 tied at 0.5
+  area = 0.3  # k = 6: 3 of the 17 tied pixels belong to the top 6
+  grad = jax.grad(losses.class_mask_area_loss)(seg, targets, area, 1.0)
+  expected_grad = jax.grad(sorted_area_loss)(seg, targets, area, 1.0)
+  tied = np.ones((4, 5), bool)
+  tied[0, :3] = False
+  np.testing.assert_allclose(grad[0, ~tied, 0], expected_grad[0, ~tied, 0], rtol=1e-6)
+  np.testing.assert_allclose(grad[0, tied, 0].sum(), expected_grad[0, tied, 0].sum(), rtol=1e-5)
+  np.testing.assert_allclose(grad[0, tied, 0], grad[0, tied, 0].mean(), rtol=1e-6)
+
+
 def test_class_mask_area_loss_rejects_bad_areas():
   seg, _, targets = random_inputs()
   with pytest.raises(ValueError):
