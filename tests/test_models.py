@@ -47,6 +47,38 @@ def test_unet_logits_at_input_resolution(shape, norm):
   assert np.all(np.isfinite(out))
 
 
+def test_space_to_depth_inverts_depth_to_space():
+  x = jax.random.normal(jax.random.key(0), (2, 6, 4, 3))
+  folded = layers.space_to_depth_2x(x)
+  assert folded.shape == (2, 3, 2, 12)
+  np.testing.assert_array_equal(folded[1, 2, 1].reshape(2, 2, 3), x[1, 4:6, 2:4])
+  np.testing.assert_array_equal(layers.depth_to_space_2x(folded), x)
+
+
+@pytest.mark.parametrize('shape', [(2, 32, 32), (1, 30, 45), (1, 7, 9)])
+def test_half_resolution_unet_gives_smooth_logits_at_input_resolution(shape):
+  unet = models.build_explainer('unet', 5, width=4, depth=2, input_stride=2)
+  x = jax.random.normal(jax.random.key(1), shape + (3,))
+  variables = unet.init(jax.random.key(0), x)
+  out = unet.apply(variables, x)
+  assert out.shape == shape + (5,)
+  assert np.all(np.isfinite(out))
+  # The first convolution sees 2x2 pixel patches folded into 12 channels.
+  assert variables['params']['ConvBlock_0']['Conv_0']['kernel'].shape[2] == 12
+  with pytest.raises(ValueError, match='input_stride'):
+    models.build_explainer('unet', 5, input_stride=4).init(jax.random.key(0), x)
+
+
+def test_stem_stride_halves_the_classifier_feature_map():
+  x = jnp.zeros((1, 32, 30, 3))
+  for stride, expected in [(1, (1, 16, 15, 8)), (2, (1, 8, 8, 8))]:
+    model = classifiers.build('simple_cnn', 3, width=4, depth=2, stem_stride=stride)
+    variables = model.init(jax.random.key(0), x)
+    features = model.apply(variables, x, method=model.features)
+    assert features.shape == expected
+    assert model.apply(variables, x).shape == (1, 3)
+
+
 def test_unknown_names_are_refused():
   with pytest.raises(ValueError, match='Unknown explainer'):
     models.build_explainer('nope', 3)

@@ -48,12 +48,15 @@ def build(name: str, num_classes: int, **kwargs) -> nn.Module:
 
 class SimpleCNN(nn.Module):
   """A small VGG-like CNN for the synthetic data: `depth` conv blocks with 2x2 pooling, global
-  average pooling and a linear head."""
+  pooling (`pooling`) and a linear head. `stem_stride=2` folds each 2x2 patch of pixels into
+  channels first (space-to-depth), which makes the network about 4x cheaper."""
   num_classes: int
   width: int = 32
   depth: int = 3
   norm: str = 'batch'
   dropout: float = 0.0
+  stem_stride: int = 1
+  pooling: str = 'avg'  # global pooling: 'avg', 'max', or 'avgmax' (the two concatenated)
   dtype: Optional[jnp.dtype] = None
 
   def setup(self):
@@ -65,7 +68,12 @@ class SimpleCNN(nn.Module):
   def features(self, images, train: bool = False):
     """Last convolutional feature map (B,h,w,F)."""
     chex.assert_rank(images, 4)
-    x = images
+    if self.stem_stride not in (1, 2):
+      raise ValueError(f'stem_stride must be 1 or 2, got {self.stem_stride}.')
+    # Sides that the stem and the poolings cannot halve are padded by reflection.
+    x = layers.pad_to_multiple(images, self.stem_stride * 2 ** max(self.depth - 1, 0))
+    if self.stem_stride == 2:
+      x = layers.space_to_depth_2x(x)
     for i, block in enumerate(self.blocks):
       if i:
         x = layers.max_pool_2x2(x)
@@ -73,7 +81,14 @@ class SimpleCNN(nn.Module):
     return x
 
   def logits_from_features(self, features, train: bool = False):
-    pooled = features.mean(axis=(1, 2))
+    if self.pooling == 'avg':
+      pooled = features.mean(axis=(1, 2))
+    elif self.pooling == 'max':
+      pooled = features.max(axis=(1, 2))
+    elif self.pooling == 'avgmax':
+      pooled = jnp.concatenate([features.mean(axis=(1, 2)), features.max(axis=(1, 2))], -1)
+    else:
+      raise ValueError(f"pooling must be 'avg', 'max' or 'avgmax', got {self.pooling!r}.")
     pooled = self.head_dropout(pooled, deterministic=not train)
     return self.head(pooled).astype(jnp.float32)
 

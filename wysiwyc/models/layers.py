@@ -27,6 +27,23 @@ def depth_to_space_2x(x: jnp.ndarray) -> jnp.ndarray:
   return x.reshape(b, 2 * h, 2 * w, c)
 
 
+def pad_to_multiple(x: jnp.ndarray, multiple: int) -> jnp.ndarray:
+  """Pads H and W of an NHWC array at the end up to multiples of `multiple` (by reflection)."""
+  _, h, w, _ = x.shape
+  pad_h, pad_w = -h % multiple, -w % multiple
+  if not pad_h and not pad_w:
+    return x
+  mode = 'reflect' if min(h, w) > max(pad_h, pad_w) else 'edge'
+  return jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+
+
+def space_to_depth_2x(x: jnp.ndarray) -> jnp.ndarray:
+  """(B,H,W,C) -> (B,H/2,W/2,4C), the inverse of `depth_to_space_2x`."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // 2, w // 2, 4 * c)
+
+
 class Upsample2x(nn.Module):
   """Learned 2x upsampling, equivalent to a 2x2/stride-2 transposed convolution."""
   features: int

@@ -4,6 +4,7 @@ from typing import Optional
 
 import chex
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from wysiwyc.models import layers
@@ -13,22 +14,27 @@ class UNet(nn.Module):
   """A U-Net with `depth` 2x downsamplings; width doubles at each level.
 
   Inputs whose sides are not multiples of 2**depth are padded by reflection and the logits
-  cropped back, so any size works.
+  cropped back, so any size works. `input_stride=2` runs the whole U-Net at half resolution
+  (space-to-depth input, logits upsampled bilinearly, as DeepLab upsamples its logits): about
+  4x cheaper, with masks still at input resolution.
   """
   num_classes: int
   width: int = 32
   depth: int = 3
   norm: str = 'group'
+  input_stride: int = 1
   dtype: Optional[jnp.dtype] = None
 
   @nn.compact
   def __call__(self, images, train: bool = False):
     chex.assert_rank(images, 4)
     b, h, w, _ = images.shape
-    multiple = 2 ** self.depth
-    pad_h, pad_w = -h % multiple, -w % multiple
-    x = jnp.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode='reflect' if
-                min(h, w) > max(pad_h, pad_w) else 'edge')
+    if self.input_stride not in (1, 2):
+      raise ValueError(f'input_stride must be 1 or 2, got {self.input_stride}.')
+    x = layers.pad_to_multiple(images, self.input_stride * 2 ** self.depth)
+    padded_shape = x.shape[:3]
+    if self.input_stride == 2:
+      x = layers.space_to_depth_2x(x)
     skips = []
     for level in range(self.depth):
       x = layers.ConvBlock(self.width * 2 ** level, self.norm, self.dtype)(x, train)
@@ -40,7 +46,9 @@ class UNet(nn.Module):
       x = layers.Upsample2x(features, self.dtype)(x)
       x = jnp.concatenate([x, skips[level]], axis=-1)
       x = layers.ConvBlock(features, self.norm, self.dtype)(x, train)
-    logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype)(x)[:, :h, :w]
-    logits = logits.astype(jnp.float32)
+    logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype)(x).astype(jnp.float32)
+    if self.input_stride == 2:
+      logits = jax.image.resize(logits, padded_shape + (self.num_classes,), 'bilinear')
+    logits = logits[:, :h, :w]
     chex.assert_shape(logits, (b, h, w, self.num_classes))
     return logits
