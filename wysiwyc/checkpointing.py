@@ -109,8 +109,12 @@ def write_json_atomic(path: str, payload: Any) -> None:
 
 
 def write_text_atomic(path: str, text: str) -> None:
+  write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: str, payload: bytes) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
+  with open(tmp, 'wb') as f:
+    f.write(payload)
   os.replace(tmp, path)

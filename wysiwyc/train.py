@@ -32,6 +32,7 @@ from wysiwyc import metrics
 from wysiwyc import models
 from wysiwyc.data import pipeline
 from wysiwyc.data import sources
+from wysiwyc.models import shipped
 
 Batch = Dict[str, np.ndarray]
 
@@ -112,12 +113,30 @@ def make_optimizer(train_config: ml_collections.ConfigDict,
   chain = []
   if train_config.get('grad_clip', 0.0):
     chain.append(optax.clip_by_global_norm(train_config.grad_clip))
-  chain.append(optax.adam(train_config.learning_rate))
+  chain.append(optax.adam(learning_rate_schedule(train_config)))
   if trainable == 'all':
     return optax.chain(*chain)
   return optax.multi_transform(
       {'train': optax.chain(*chain), 'frozen': optax.set_to_zero()},
       functools.partial(models.zoo.trainable_labels, trainable=trainable))
+
+
+def learning_rate_schedule(train_config: ml_collections.ConfigDict):
+  """`schedule='constant'` (the paper's) or 'cosine': linear warm-up over `warmup_steps`, then
+  cosine decay to 1% of `learning_rate` at `decay_steps`."""
+  schedule = train_config.get('schedule', 'constant')
+  lr = train_config.learning_rate
+  if schedule == 'constant':
+    return lr
+  if schedule == 'cosine':
+    decay_steps = train_config.get('decay_steps', 0)
+    warmup_steps = train_config.get('warmup_steps', 0)
+    if decay_steps <= warmup_steps:
+      raise errors.UserError(f"schedule='cosine' needs decay_steps > warmup_steps, got "
+                             f'{decay_steps} and {warmup_steps}; set decay_steps to the number '
+                             'of training steps.')
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, decay_steps, lr * 0.01)
+  raise errors.UserError(f"Unknown schedule {schedule!r}; choose 'constant' or 'cosine'.")
 
 
 def with_pretrained_weights(model: nn.Module, state: TrainState, mesh: Mesh) -> TrainState:
@@ -569,9 +588,10 @@ def classifier_stage(config, spec, workdir: str, mesh: Mesh, rng) -> tuple:
   tx = make_optimizer(tc, 'all' if source else config.classifier.get('trainable', 'all'))
   state = replicate(init_state(classifier, tx, rng, config.data.image_size), mesh)
   if source:
-    variables = load_classifier_checkpoint(source, state)
+    variables = load_classifier_checkpoint(source, state, config, spec)
     checkpointing.save(checkpointing.manager(os.path.join(directory, 'best'), max_to_keep=1), 0,
-                       variables, {'source': os.path.abspath(source)})
+                       variables, {'source': source if shipped.is_zoo_reference(source)
+                                   else os.path.abspath(source)})
     return classifier, replicate(model_variables(**variables), mesh)
   state = with_pretrained_weights(classifier, state, mesh)
   micro_batches = tc.get('grad_accum_steps', 1)
@@ -586,10 +606,15 @@ def classifier_stage(config, spec, workdir: str, mesh: Mesh, rng) -> tuple:
   return classifier, state.variables()
 
 
-def load_classifier_checkpoint(source: str, state: TrainState) -> dict:
-  """Reads classifier variables from a workdir (its `classifier/best`) or an orbax folder."""
-  candidates = [os.path.join(source, 'classifier', 'best'), source]
+def load_classifier_checkpoint(source: str, state: TrainState, config, spec) -> dict:
+  """Reads classifier variables from a shipped zoo entry ('zoo:NAME'), a workdir (its
+  `classifier/best`) or an orbax folder."""
   target = {'params': state.params, 'batch_stats': state.batch_stats}
+  if shipped.is_zoo_reference(source):
+    name = source[len(shipped.PREFIX):]
+    shipped.check_compatible(shipped.read_metadata(name), config, spec.class_names)
+    return shipped.load(name, jax.device_get(target))
+  candidates = [os.path.join(source, 'classifier', 'best'), source]
   for directory in candidates:
     if os.path.isdir(directory):
       restored = checkpointing.restore_latest(checkpointing.manager(directory, 1), target)
