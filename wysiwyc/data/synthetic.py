@@ -47,24 +47,9 @@ _MAX_COLOUR_TRIES = 10
 
 
 def default_synthetic_config() -> ml_collections.ConfigDict:
-  """Generation parameters (the `synthetic` field of a data config); every one is hashed."""
-  return ml_collections.ConfigDict(dict(
-      image_size=64,            # side of the generated square images, pixels
-      num_train=6000,
-      num_validation=500,
-      num_test=500,
-      num_classes=6,            # the first num_classes of SHAPE_NAMES (at most 8)
-      min_objects=1,            # objects per image, uniform in [min_objects, max_objects]
-      max_objects=3,
-      min_object_size=0.2,      # diameter of the enclosing circle, fraction of image_size
-      max_object_size=0.35,
-      min_visible_fraction=0.5,  # an object may lose at most half its pixels to occlusion
-      num_distractors=4,        # distractor marks per image, uniform in [0, num_distractors]
-      texture_strength=0.6,     # 0 = flat background colour, 1 = full-contrast texture
-      noise_std=0.0,            # Gaussian pixel noise, fraction of 255 (0.02 triples disk use)
-      min_contrast=0.25,        # mean RGB distance object/underlying pixels, fraction of 255
-      seed=0,
-  ))
+  """Generation parameters (the `synthetic` field of a data config); every one is hashed.
+  The defaults and their meaning are those of `SyntheticParams`."""
+  return ml_collections.ConfigDict(dataclasses.asdict(SyntheticParams()))
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -80,20 +65,22 @@ def default_data_config() -> ml_collections.ConfigDict:
 @dataclasses.dataclass(frozen=True)
 class SyntheticParams:
   """Validated generation parameters (the fields of `default_synthetic_config`)."""
-  image_size: int = 64
+  image_size: int = 64          # side of the generated square images, pixels
   num_train: int = 6000
   num_validation: int = 500
   num_test: int = 500
-  num_classes: int = 6
-  min_objects: int = 1
+  num_classes: int = 6          # the first num_classes of SHAPE_NAMES (at most 8)
+  min_objects: int = 1          # objects per image, uniform in [min_objects, max_objects]
   max_objects: int = 3
-  min_object_size: float = 0.2
+  # Sized so that a 64 px image shows each outline clearly (16-22 px across) and occlusion
+  # never hides most of a shape: the class stays recognizable from what is visible.
+  min_object_size: float = 0.25  # diameter of the enclosing circle, fraction of image_size
   max_object_size: float = 0.35
-  min_visible_fraction: float = 0.5
-  num_distractors: int = 4
-  texture_strength: float = 0.6
-  noise_std: float = 0.0
-  min_contrast: float = 0.25
+  min_visible_fraction: float = 0.75  # an object may lose at most a quarter of its pixels
+  num_distractors: int = 3      # distractor marks per image, uniform in [0, num_distractors]
+  texture_strength: float = 0.5  # 0 = flat background colour, 1 = full-contrast texture
+  noise_std: float = 0.0        # Gaussian pixel noise, fraction of 255 (0.02 triples disk use)
+  min_contrast: float = 0.25    # mean RGB distance object/underlying pixels, fraction of 255
   seed: int = 0
 
   def __post_init__(self):
