@@ -64,6 +64,8 @@ def test_results_hold_every_metric_and_references_score_as_they_must(finished):
   for key in ('accuracy_plain', 'accuracy_kept', 'accuracy_dropped'):
     assert 0 <= results['classifier'][key] <= 1
   assert results['classifier']['num_test_images'] == 16
+  for key in ('specificity_own', 'specificity_other'):
+    assert 0 <= results['explainer'][key] <= 1, key
 
 
 def test_rerun_reuses_finished_stages(finished, data_dir):
