@@ -40,11 +40,11 @@ flags.DEFINE_string('workdir', None, 'Folder for the classifier, the variants an
 flags.DEFINE_integer('steps', 600, 'Explainer steps per variant.')
 flags.DEFINE_integer('eval_examples', 0, 'Test images scored per variant (0 = all).')
 flags.DEFINE_multi_string('variant', [], 'NAME:FIELD=VALUE[,FIELD=VALUE...] (repeatable).')
-flags.DEFINE_list('only', [], 'Run only these variants (names from the default list or --variant).')
+flags.DEFINE_list('only', [], 'Run only these default variants (and those given with --variant).')
 flags.mark_flag_as_required('workdir')
 
 COLUMNS = ('iou@0.5', 'per_class_iou@0.5', 'mean_f1', 'cont_iou', 'auc', 'saliency',
-           'object_coverage', 'background_coverage')
+           'object_coverage', 'background_coverage', 'specificity_other_over_own')
 LOSS_TERMS = ('lambda_c', 'lambda_e', 'lambda_tv', 'lambda_ac', 'lambda_t', 'lambda_nt')
 
 
@@ -104,6 +104,9 @@ def variant_config(base: ml_collections.ConfigDict, overrides, classifier_dir: s
   config.explainer.train.max_steps = steps
   config.explainer.train.num_epochs = 10_000  # the step budget decides
   config.explainer.train.patience = 10_000
+  if config.explainer.train.get('schedule', 'constant') == 'cosine':  # decay over the budget
+    config.explainer.train.decay_steps = steps
+    config.explainer.train.warmup_steps = min(config.explainer.train.warmup_steps, steps // 10)
   config.eval.max_examples = eval_examples
   return config
 
@@ -158,12 +161,14 @@ def main(argv):
   runtime.use_compilation_cache()
   base, workdir = FLAGS.config, os.path.abspath(FLAGS.workdir)
   variants = default_variants(base)
-  variants.update(parse_variant(v) for v in FLAGS.variant)
+  custom = dict(parse_variant(v) for v in FLAGS.variant)
+  variants.update(custom)
   if FLAGS.only:
     unknown = set(FLAGS.only) - set(variants)
     if unknown:
       raise app.UsageError(f'Unknown variants {sorted(unknown)}; known: {sorted(variants)}')
-    variants = {k: v for k, v in variants.items() if k in FLAGS.only}
+    # --only picks among the defaults; variants given with --variant always run.
+    variants = {k: v for k, v in variants.items() if k in FLAGS.only or k in custom}
   classifier_dir = base.classifier.checkpoint or os.path.join(workdir, 'classifier_run')
   if not base.classifier.checkpoint:
     train_classifier(base, classifier_dir)

@@ -89,6 +89,9 @@ flags.DEFINE_string('rts_workdir', None, 'A trained Real-Time Saliency workdir f
                     'classifier (default: <workdir>/baselines/rts, trained if missing).')
 flags.DEFINE_integer('rts_steps', 100, 'Training steps of the Real-Time Saliency explainer '
                      '(batch of the workdir config; more is better when time allows).')
+flags.DEFINE_string('self_explainer_workdir', None, 'A trained self-explainer workdir '
+                    '(configs/synthetic_self_explainer.py) on the same data: its masks are '
+                    "scored as the method 'self_explainer'.")
 flags.DEFINE_integer('rise_masks', 1000, 'RISE: number of masks N (paper: 4000).')
 flags.DEFINE_integer('rise_grid', 7, 'RISE: grid cells per side s (paper: 7).')
 flags.DEFINE_float('rise_keep', 0.5, 'RISE: keep probability p1 (paper: 0.5).')
@@ -110,13 +113,13 @@ flags.DEFINE_integer('figure_images', 6, 'Rows of figures/comparison.png.')
 
 # The flags that are options of `compare()` (the rest: --workdir, --out).
 _OPTION_FLAGS = ('data_dir', 'num_images', 'batch_size', 'timing_batch_size', 'methods', 'seed',
-                 'rts_workdir', 'rts_steps', 'rise_masks', 'rise_grid', 'rise_keep',
+                 'rts_workdir', 'rts_steps', 'self_explainer_workdir', 'rise_masks', 'rise_grid', 'rise_keep',
                  'ep_iterations', 'ep_areas', 'ep_all_classes',
                  'occlusion_window', 'occlusion_stride', 'lime_samples', 'lime_segments',
                  'ig_steps', 'smoothgrad_samples', 'insertion_steps', 'sanity_images',
                  'figure_images')
 
-AMORTIZED = ('explainer', 'real_time_saliency')
+AMORTIZED = ('explainer', 'real_time_saliency', 'self_explainer')
 # Findings of the paper checked in comparison.md.
 SLOW_METHODS = ('rise', 'extremal_perturbation', 'occlusion', 'lime')
 SPECIFICITY_BASELINES = ('rise', 'real_time_saliency')
@@ -135,6 +138,7 @@ class Context:
   num_classes: int
   options: Dict[str, object]
   rts: Optional[explain.Explainer] = None
+  self_explainer: Optional[explain.Explainer] = None
 
 
 MethodFn = Callable[[np.ndarray, np.ndarray, jax.Array], np.ndarray]
@@ -187,6 +191,7 @@ def default_builders() -> Dict[str, Callable[[Context], MethodFn]]:
   return {
       'explainer': lambda ctx: amortized_method(ctx.explainer),
       'real_time_saliency': lambda ctx: amortized_method(ctx.rts),
+      'self_explainer': lambda ctx: amortized_method(ctx.self_explainer),
       'grad_cam': lambda ctx: baseline_method('grad_cam')(ctx),
       'grad_cam_plus_plus': lambda ctx: baseline_method('grad_cam_plus_plus')(ctx),
       'rise': lambda ctx: baseline_method(
@@ -271,6 +276,20 @@ def ensure_rts(config, workdir: str, rts_workdir: Optional[str], steps: int) -> 
 
 # ----------------------------------------------------------------------------------------------
 # Scoring.
+
+
+def load_self_explainer(workdir: Optional[str], reference: explain.Explainer) -> explain.Explainer:
+  """The self-explainer of `workdir`; its masks are scored with the reference's classifier."""
+  if not workdir:
+    raise errors.UserError("Method 'self_explainer' needs --self_explainer_workdir (a finished "
+                           'run of configs/synthetic_self_explainer.py).')
+  loaded = explain.load(workdir)
+  if (loaded.class_names, loaded.image_size) != (reference.class_names, reference.image_size):
+    raise errors.UserError(
+        f'{workdir} was trained on other data (classes {loaded.class_names}, size '
+        f'{loaded.image_size}) than the compared workdir ({reference.class_names}, '
+        f'{reference.image_size}).')
+  return loaded
 
 
 def make_scorers(ctx: Context, options):
@@ -526,7 +545,8 @@ def compare(workdir: str, out_dir: Optional[str] = None, **options) -> Dict[str,
   config = loaded.config
   if options.get('data_dir'):
     config.data.data_dir = options['data_dir']
-  names = options['methods'] or list(METHOD_BUILDERS)
+  names = options['methods'] or [name for name in METHOD_BUILDERS if name != 'self_explainer'
+                                 or options.get('self_explainer_workdir')]
   unknown = [m for m in names if m not in METHOD_BUILDERS]
   if unknown:
     raise errors.UserError(f'Unknown methods {unknown}; choose from {list(METHOD_BUILDERS)}.')
@@ -537,6 +557,8 @@ def compare(workdir: str, out_dir: Optional[str] = None, **options) -> Dict[str,
                 image_size=loaded.image_size, num_classes=num_classes, options=options)
   if 'real_time_saliency' in names:
     ctx.rts = ensure_rts(config, workdir, options.get('rts_workdir'), options['rts_steps'])
+  if 'self_explainer' in names:
+    ctx.self_explainer = load_self_explainer(options.get('self_explainer_workdir'), loaded)
   scorers = make_scorers(ctx, options)
   key = jax.random.key(options['seed'])
   randomized = loaded.classifier.init(jax.random.fold_in(key, 12345),
@@ -569,6 +591,7 @@ def compare(workdir: str, out_dir: Optional[str] = None, **options) -> Dict[str,
       'batch_size': options['batch_size'], 'timing_batch_size': options['timing_batch_size'],
       'rts_workdir': options.get('rts_workdir') or os.path.join(workdir, 'baselines', 'rts'),
       'rts_steps': options['rts_steps'],
+      'self_explainer_workdir': options.get('self_explainer_workdir'),
       'rise': f'N={options["rise_masks"]}, s={options["rise_grid"]}, p1={options["rise_keep"]}',
       'extremal_perturbation': f'areas={options["ep_areas"]}, iterations='
                                f'{options["ep_iterations"]}, '

@@ -14,7 +14,8 @@ from wysiwyc.data import pipeline
 import experiments.compare_methods as compare_methods  # pylint: disable=g-bad-import-order
 
 # A subset keeps the test short; every method's output is tested in tests/test_attribution.py.
-METHODS = ['explainer', 'real_time_saliency', 'grad_cam', 'rise', 'extremal_perturbation', 'lime']
+METHODS = ['explainer', 'real_time_saliency', 'self_explainer', 'grad_cam', 'rise',
+           'extremal_perturbation', 'lime']
 TINY = dict(num_images=3, batch_size=2, timing_batch_size=2, rise_masks=8, ep_iterations=2,
             ep_areas=['0.1'], lime_samples=8, lime_segments=8, insertion_steps=2,
             sanity_images=2, figure_images=2)
@@ -31,7 +32,9 @@ def compared(tmp_path_factory):
   fabricate_workdir(workdir, config, spec.class_names)
   fabricate_workdir(rts, config, spec.class_names)  # same seed: the same classifier
   out = str(root / 'out')
-  results = compare_methods.compare(workdir, out, methods=METHODS, rts_workdir=rts, **TINY)
+  # The plumbing of the self-explainer entry only needs a workdir with an explainer in it.
+  results = compare_methods.compare(workdir, out, methods=METHODS, rts_workdir=rts,
+                                    self_explainer_workdir=rts, **TINY)
   return out, results
 
 
@@ -66,6 +69,13 @@ def test_metrics_are_in_range_and_sanity_is_skipped_for_amortized_methods(compar
   # The same untrained explainer in both workdirs gives the same masks and scores.
   for key in ('iou@0.5', 'insertion', 'specificity_own'):
     assert results['explainer'][key] == pytest.approx(results['real_time_saliency'][key])
+    assert results['self_explainer'][key] == pytest.approx(results['explainer'][key])
+
+
+def test_self_explainer_needs_its_workdir(compared, tmp_path):
+  del compared
+  with pytest.raises(compare_methods.errors.UserError, match='self_explainer_workdir'):
+    compare_methods.load_self_explainer(None, None)
 
 
 def test_findings_state_whether_each_claim_holds():
