@@ -52,6 +52,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # 32, early stopping on the validation loss) for longer: it learns to classify from scratch.
   # A step is two U-Net passes forward and backward (teacher and student).
   config.explainer.train.num_epochs = 2 if 'smoke' in arg else 10
+  config.explainer.train.max_steps = 0  # the epochs and early stopping decide
+  config.explainer.train.schedule = 'constant'
 
   # The classifier is the U-Net itself, mean-pooled: its fields are references to explainer.*.
   config.classifier.name = 'self_explainer_head'

@@ -255,7 +255,8 @@ def test_bfloat16_compute_keeps_float32_parameters_and_close_losses(single_proce
   images = np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)
   variables = explainer.init(key(0), images)
   jaxpr = str(jax.make_jaxpr(explainer.apply)(variables, images))
-  assert 'conv_general_dilated' in jaxpr and 'bf16[1,16,16,4]' in jaxpr
+  # The convolutions of the (half-resolution) U-Net's first block run in bfloat16.
+  assert 'conv_general_dilated' in jaxpr and re.search(r'bf16\[1,\d+,\d+,4\]', jaxpr)
   assert explainer.apply(variables, images).dtype == np.float32
 
 
