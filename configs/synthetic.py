@@ -78,6 +78,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.loss.lambda_nt = 0.3
   config.loss.min_area = 0.05
   config.loss.max_area = 0.3
+  # NOT in the paper (0 = off): classify the image kept by one target class's own mask against
+  # that class alone (losses.explainer_loss), an ablation aimed at class specificity.
+  config.loss.lambda_single = 0.0
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64

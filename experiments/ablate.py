@@ -101,12 +101,9 @@ def variant_config(base: ml_collections.ConfigDict, overrides, classifier_dir: s
                    eval_examples: int) -> ml_collections.ConfigDict:
   config = apply_overrides(base, overrides)
   config.classifier.checkpoint = classifier_dir
-  config.explainer.train.max_steps = steps
+  train.set_step_budget(config.explainer.train, steps)
   config.explainer.train.num_epochs = 10_000  # the step budget decides
   config.explainer.train.patience = 10_000
-  if config.explainer.train.get('schedule', 'constant') == 'cosine':  # decay over the budget
-    config.explainer.train.decay_steps = steps
-    config.explainer.train.warmup_steps = min(config.explainer.train.warmup_steps, steps // 10)
   config.eval.max_examples = eval_examples
   return config
 

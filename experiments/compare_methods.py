@@ -247,11 +247,12 @@ def _rts_variant():
 def rts_config(config: ml_collections.ConfigDict, workdir: str, steps: int,
                num_train: int) -> ml_collections.ConfigDict:
   """The workdir's config with the Real-Time Saliency loss, its classifier frozen, `steps` steps."""
+  from wysiwyc import train  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(config.to_dict())
   _rts_variant()(config)
   config.classifier.checkpoint = os.path.abspath(workdir)
   tc = config.explainer.train
-  tc.max_steps = steps
+  train.set_step_budget(tc, steps)
   tc.num_epochs = max(1, math.ceil(steps / max(1, num_train // tc.batch_size)))
   tc.patience = max(tc.patience, tc.num_epochs)  # the step budget decides, not early stopping
   # Its own results.json is only a check; the comparison scores it on the comparison's images.

@@ -14,7 +14,7 @@ B, H, W, C = 3, 8, 8, 4
 TOL = dict(rtol=1e-5, atol=1e-6)
 EXPLAINER_WEIGHTS = {'classification': 'lambda_c', 'entropy': 'lambda_e', 'tv': 'lambda_tv',
                      'area_class': 'lambda_ac', 'area_target': 'lambda_t',
-                     'area_non_target': 'lambda_nt'}
+                     'area_non_target': 'lambda_nt', 'single_class': 'lambda_single'}
 SELF_EXPLAINER_WEIGHTS = {
     'classification_teacher': 'lambda_c', 'classification_student': 'lambda_c',
     'similarity': 'lambda_similarity', 'tv': 'lambda_tv', 'area_class': 'lambda_ac',
@@ -341,7 +341,41 @@ def np_explainer_terms(seg, images, targets, weight, bias, min_area=0.05, max_ar
       'area_class': np_class_mask_area_loss(seg, targets, min_area, max_area),
       'area_target': target_mask.mean(),
       'area_non_target': non_target_mask.mean(),
+      'single_class': 0.0,
   }
+
+
+def np_single_class_loss(seg, images, targets, weight, bias):
+  """Per image with a target: the target class with the largest mean mask keeps the image
+  alone; BCE of that kept image against the one-hot class; mean over those images."""
+  total, count = 0.0, 0
+  for b in range(seg.shape[0]):
+    present = [c for c in range(seg.shape[-1]) if targets[b, c] == 1]
+    if not present:
+      continue
+    sigmoid = lambda x: 1.0 / (1.0 + np.exp(-x))
+    areas = {c: sigmoid(seg[b, :, :, c]).mean() for c in present}
+    chosen = max(present, key=lambda c: (areas[c], -c))
+    kept = sigmoid(seg[b, :, :, chosen])[..., None] * images[b]
+    one_hot = np.eye(seg.shape[-1])[chosen][None]
+    total += np_bce(np_classify(kept[None], weight, bias), one_hot)
+    count += 1
+  return total / max(count, 1)
+
+
+def test_single_class_keep_term_matches_numpy_and_is_off_by_default():
+  seg, images, targets = random_inputs()
+  targets = np.asarray(targets).copy()
+  targets[0] = 0  # an image without a target class is left out of the mean
+  targets[1, :3] = 1
+  weight, bias = linear_params()
+  classify = jax_classify(weight, bias)
+  total_off, aux_off = losses.explainer_loss(seg, images, targets, classify)
+  total_on, aux_on = losses.explainer_loss(seg, images, targets, classify, lambda_single=2.0)
+  expected = np_single_class_loss(np.asarray(seg), np.asarray(images), targets, weight, bias)
+  np.testing.assert_allclose(aux_on['single_class'], expected, **TOL)
+  assert float(aux_off['single_class']) == 0.0
+  np.testing.assert_allclose(total_on, total_off + 2.0 * expected, **TOL)
 
 
 def test_explainer_loss_matches_numpy_and_is_the_weighted_sum_of_its_terms():
@@ -354,7 +388,7 @@ def test_explainer_loss_matches_numpy_and_is_the_weighted_sum_of_its_terms():
   assert set(aux) == set(expected) | {'loss'}
   for name, value in expected.items():
     np.testing.assert_allclose(aux[name], value, err_msg=name, **TOL)
-  weighted = sum(weights[EXPLAINER_WEIGHTS[name]] * aux[name] for name in expected)
+  weighted = sum(weights.get(EXPLAINER_WEIGHTS[name], 0.0) * aux[name] for name in expected)
   np.testing.assert_allclose(total, weighted, **TOL)
   np.testing.assert_allclose(aux['loss'], total, **TOL)
 
@@ -398,8 +432,9 @@ def test_explainer_loss_zero_weights_switch_terms_off():
   args = (seg, images, targets, *linear_params())
   all_off = {w: 0.0 for w in EXPLAINER_WEIGHTS.values()}
   np.testing.assert_array_equal(_explainer_grad(*args, all_off), 0.0)  # no NaN behind a 0
+  # lambda_single > 0 computes the (otherwise skipped) single-class term; aux is unweighted.
   term_grads = jax.jit(jax.jacrev(lambda s: losses.explainer_loss(
-      s, images, targets, jax_classify(*linear_params()))[1]))(seg)
+      s, images, targets, jax_classify(*linear_params()), lambda_single=1.0)[1]))(seg)
   for name, weight_name in EXPLAINER_WEIGHTS.items():
     only = np.asarray(_explainer_grad(*args, {**all_off, weight_name: 1.0}))
     assert np.all(np.isfinite(only)), name

@@ -138,27 +138,60 @@ def class_mask_area_loss(segmentations: Array, targets: Array, min_area: float,
 def explainer_loss(segmentations: Array, images: Array, targets: Array, classify: Classify, *,
                    lambda_c: float = 1.0, lambda_e: float = 1.0, lambda_tv: float = 1.0,
                    lambda_ac: float = 1.0, lambda_t: float = 0.1, lambda_nt: float = 0.3,
-                   min_area: float = 0.05, max_area: float = 0.3,
+                   min_area: float = 0.05, max_area: float = 0.3, lambda_single: float = 0.0,
                    multilabel: bool = True) -> tuple[Array, dict[str, Array]]:
-  """The Explainer's loss (Stalder et al. 2022). Returns (total, unweighted terms)."""
+  """The Explainer's loss (Stalder et al. 2022). Returns (total, unweighted terms).
+
+  `lambda_single` (0 = the paper's loss) weighs an extra term that is NOT in the paper,
+  `single_class_keep_loss`, for ablations of class specificity.
+  """
   chex.assert_rank([segmentations, images, targets], [4, 4, 2])
   chex.assert_equal(segmentations.shape[:3], images.shape[:3])
   segmentations = segmentations.astype(jnp.float32)  # losses in f32 under mixed precision
   target_mask, non_target_mask = extract_masks(segmentations, targets)
   keep = target_mask[..., None]
-  logits = classify(jnp.concatenate([keep * images, (1.0 - keep) * images]))
-  logits_keep, logits_drop = jnp.split(logits.astype(jnp.float32), 2)
+  batches = [keep * images, (1.0 - keep) * images]
+  # A weight known to be 0 skips the extra classifier pass (a traced weight computes it).
+  single = not (isinstance(lambda_single, (int, float)) and lambda_single == 0)
+  if single:
+    single_class, single_mask = _largest_target_class_mask(segmentations, targets)
+    batches.append(single_mask[..., None] * images)
+  logits = jnp.split(classify(jnp.concatenate(batches)).astype(jnp.float32), len(batches))
   aux = {
-      'classification': classification_loss(logits_keep, targets, multilabel),
-      'entropy': entropy_loss(logits_drop),
+      'classification': classification_loss(logits[0], targets, multilabel),
+      'entropy': entropy_loss(logits[1]),
       'tv': total_variation(target_mask) + total_variation(non_target_mask),
       'area_class': class_mask_area_loss(segmentations, targets, min_area, max_area),
       'area_target': target_mask.mean(),
       'area_non_target': non_target_mask.mean(),
+      'single_class': (_single_class_loss(logits[2], single_class, targets, multilabel)
+                       if single else jnp.zeros((), jnp.float32)),
   }
   weights = {'classification': lambda_c, 'entropy': lambda_e, 'tv': lambda_tv,
-             'area_class': lambda_ac, 'area_target': lambda_t, 'area_non_target': lambda_nt}
+             'area_class': lambda_ac, 'area_target': lambda_t, 'area_non_target': lambda_nt,
+             'single_class': lambda_single}
   return _weighted_total(aux, weights)
+
+
+def _largest_target_class_mask(segmentations: Array, targets: Array) -> tuple[Array, Array]:
+  """Per image, the target class whose mask is largest (B,) and that mask (B,H,W)."""
+  masks = jax.nn.sigmoid(segmentations)
+  areas = jnp.where(targets > 0.5, masks.mean(axis=(1, 2)), -1.0)
+  chosen = jnp.argmax(jax.lax.stop_gradient(areas), axis=-1)
+  return chosen, jnp.take_along_axis(masks, chosen[:, None, None, None], axis=-1)[..., 0]
+
+
+def _single_class_loss(logits: Array, chosen: Array, targets: Array, multilabel: bool) -> Array:
+  """Classification of the image kept by one target class's own mask against that class
+  alone, over the images that have a target class: rewards a class mask that leaves out the
+  other classes present. Not in the paper (ablation of class specificity)."""
+  one_hot = jax.nn.one_hot(chosen, targets.shape[-1], dtype=jnp.float32)
+  if multilabel:
+    per_image = optax.sigmoid_binary_cross_entropy(logits, one_hot).mean(axis=-1)
+  else:
+    per_image = optax.softmax_cross_entropy(logits, one_hot)
+  has_target = (targets > 0.5).any(axis=-1)
+  return jnp.sum(per_image * has_target) / jnp.maximum(has_target.sum(), 1)
 
 
 def real_time_saliency_loss(segmentations: Array, images: Array, targets: Array,

@@ -139,6 +139,14 @@ def learning_rate_schedule(train_config: ml_collections.ConfigDict):
   raise errors.UserError(f"Unknown schedule {schedule!r}; choose 'constant' or 'cosine'.")
 
 
+def set_step_budget(train_config: ml_collections.ConfigDict, steps: int) -> None:
+  """Makes a stage run `steps` steps, a cosine schedule (if any) decaying over exactly those."""
+  train_config.max_steps = steps
+  if train_config.get('schedule', 'constant') == 'cosine':
+    train_config.decay_steps = steps
+    train_config.warmup_steps = min(train_config.get('warmup_steps', 0), steps // 10)
+
+
 def with_pretrained_weights(model: nn.Module, state: TrainState, mesh: Mesh) -> TrainState:
   """A fresh state with the model's pretrained weights put in (zoo backbones; others as is)."""
   variables = models.load_pretrained(model, {'params': state.params,
