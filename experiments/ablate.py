@@ -20,6 +20,7 @@ import copy
 import csv
 import json
 import os
+import re
 import time
 from typing import Dict, List, Tuple
 
@@ -119,9 +120,15 @@ def train_classifier(config, directory: str) -> None:
                          jax.random.fold_in(jax.random.key(config.seed), 1))
 
 
+def variant_folder(name: str) -> str:
+  """A folder name for variant `name`: characters other than letters, digits and `.=,+-` become
+  `_` (orbax cannot read checkpoints back under a path with glob characters such as `[`)."""
+  return re.sub(r'[^A-Za-z0-9.=,+-]', '_', name)
+
+
 def run_variant(name: str, config, workdir: str) -> dict:
   """Trains and evaluates one variant (reused if its results exist); returns its row."""
-  directory = os.path.join(workdir, 'variants', name.replace('/', '_').replace(' ', '_'))
+  directory = os.path.join(workdir, 'variants', variant_folder(name))
   timing_path = os.path.join(directory, 'wall_seconds.json')
   start = time.time()
   results = train.train_and_evaluate(config, directory)

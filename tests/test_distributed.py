@@ -474,5 +474,17 @@ def test_undamaged_checkpoint_restores_the_newest_step(tmp_path):
   np.testing.assert_array_equal(state['w'], 2 * np.asarray(target['w']))
 
 
+@pytest.mark.parametrize('name', ['area=[0.02,0.1]', 'run*', 'run?'])
+def test_checkpoint_folder_with_glob_characters_is_refused(tmp_path, name):
+  """Orbax globs the step folder, so it cannot read back steps saved under such a path."""
+  from wysiwyc import checkpointing, errors, train  # pylint: disable=g-import-not-at-top
+  directory = tmp_path / name
+  with pytest.raises(errors.UserError, match=r'contains one of the characters \[ \] \* \?'):
+    checkpointing.manager(str(directory / 'checkpoints'))
+  with pytest.raises(errors.UserError, match='Choose a --workdir without them'):
+    train.train_and_evaluate(load_config('synthetic', 'smoke'), str(directory))
+  assert not directory.exists()
+
+
 if __name__ == '__main__':
   WORKERS[sys.argv[1]](*sys.argv[2:])

@@ -347,7 +347,8 @@ def np_explainer_terms(seg, images, targets, weight, bias, min_area=0.05, max_ar
 
 def np_single_class_loss(seg, images, targets, weight, bias):
   """Per image with a target: the target class with the largest mean mask keeps the image
-  alone; BCE of that kept image against the one-hot class; mean over those images."""
+  alone; BCE of that kept image against the one-hot class, over the image's target classes
+  only; mean over those images."""
   total, count = 0.0, 0
   for b in range(seg.shape[0]):
     present = [c for c in range(seg.shape[-1]) if targets[b, c] == 1]
@@ -357,8 +358,9 @@ def np_single_class_loss(seg, images, targets, weight, bias):
     areas = {c: sigmoid(seg[b, :, :, c]).mean() for c in present}
     chosen = max(present, key=lambda c: (areas[c], -c))
     kept = sigmoid(seg[b, :, :, chosen])[..., None] * images[b]
-    one_hot = np.eye(seg.shape[-1])[chosen][None]
-    total += np_bce(np_classify(kept[None], weight, bias), one_hot)
+    logits = np_classify(kept[None], weight, bias)[0]
+    total += np.mean([np_bce(logits[None, c:c + 1], np.array([[float(c == chosen)]]))
+                      for c in present])
     count += 1
   return total / max(count, 1)
 

@@ -8,6 +8,7 @@ Orbax does not checksum array data, so `save` stores a CRC32 of the state in the
 `restore_latest` verifies it: a step whose files were damaged later is skipped, not restored.
 """
 
+import glob
 import json
 import os
 import zlib
@@ -18,7 +19,22 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from wysiwyc import errors
+
 _CHECKSUM_KEY = '_state_crc32'
+
+
+def check_directory(directory: str) -> None:
+  """Refuses a folder whose path has glob characters (`[`, `]`, `*`, `?`).
+
+  Orbax finds the per-process parts of a step with a glob on the folder's path, so under such a
+  path it saves steps that it can never read back (orbax-checkpoint 0.12.8: in a folder named
+  `area=[0.02,0.1]` every step was unreadable, with only a warning at save time).
+  """
+  if glob.has_magic(directory) or ']' in directory:
+    raise errors.UserError(f'{directory!r} contains one of the characters [ ] * ?, under which '
+                           'orbax writes checkpoints it cannot read back. Choose a --workdir '
+                           'without them.')
 
 
 def manager(directory: str, max_to_keep: int = 2, create: bool = True) -> ocp.CheckpointManager:
@@ -28,6 +44,7 @@ def manager(directory: str, max_to_keep: int = 2, create: bool = True) -> ocp.Ch
   waits for no other process (it skips orbax's root-metadata barrier), so process 0 alone may
   read with it.
   """
+  check_directory(os.path.abspath(directory))
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                          enable_async_checkpointing=False,
                                          read_only=not create, save_root_metadata=create)

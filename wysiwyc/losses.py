@@ -184,10 +184,17 @@ def _largest_target_class_mask(segmentations: Array, targets: Array) -> tuple[Ar
 def _single_class_loss(logits: Array, chosen: Array, targets: Array, multilabel: bool) -> Array:
   """Classification of the image kept by one target class's own mask against that class
   alone, over the images that have a target class: rewards a class mask that leaves out the
-  other classes present. Not in the paper (ablation of class specificity)."""
+  other classes present. Not in the paper (ablation of class specificity).
+
+  Multi-label: the binary cross-entropy is averaged over the image's target classes only (the
+  chosen one present, the other targets absent): classes absent from the image are absent from
+  any kept part of it, and counting them would reward an empty mask.
+  """
   one_hot = jax.nn.one_hot(chosen, targets.shape[-1], dtype=jnp.float32)
   if multilabel:
-    per_image = optax.sigmoid_binary_cross_entropy(logits, one_hot).mean(axis=-1)
+    is_target = (targets > 0.5).astype(jnp.float32)
+    per_class = optax.sigmoid_binary_cross_entropy(logits, one_hot) * is_target
+    per_image = per_class.sum(axis=-1) / jnp.maximum(is_target.sum(axis=-1), 1.0)
   else:
     per_image = optax.softmax_cross_entropy(logits, one_hot)
   has_target = (targets > 0.5).any(axis=-1)

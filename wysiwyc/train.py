@@ -722,6 +722,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   from wysiwyc import evaluation  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir)
+  checkpointing.check_directory(workdir)
   check_workdir_config(config, workdir)
   config = config.copy_and_resolve_references()
   check_inputs_available(config)  # missing data or weights: stop before writing anything
