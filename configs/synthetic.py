@@ -81,6 +81,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # NOT in the paper (0 = off): classify the image kept by one target class's own mask against
   # that class alone (losses.explainer_loss), an ablation aimed at class specificity.
   config.loss.lambda_single = 0.0
+  # NOT in the paper (0 = off): penalize pixels claimed by several target classes' masks
+  # (losses.class_overlap_loss), an ablation aimed at class specificity.
+  config.loss.lambda_overlap = 0.0
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64

@@ -14,7 +14,8 @@ B, H, W, C = 3, 8, 8, 4
 TOL = dict(rtol=1e-5, atol=1e-6)
 EXPLAINER_WEIGHTS = {'classification': 'lambda_c', 'entropy': 'lambda_e', 'tv': 'lambda_tv',
                      'area_class': 'lambda_ac', 'area_target': 'lambda_t',
-                     'area_non_target': 'lambda_nt', 'single_class': 'lambda_single'}
+                     'area_non_target': 'lambda_nt', 'single_class': 'lambda_single',
+                     'class_overlap': 'lambda_overlap'}
 SELF_EXPLAINER_WEIGHTS = {
     'classification_teacher': 'lambda_c', 'classification_student': 'lambda_c',
     'similarity': 'lambda_similarity', 'tv': 'lambda_tv', 'area_class': 'lambda_ac',
@@ -342,7 +343,37 @@ def np_explainer_terms(seg, images, targets, weight, bias, min_area=0.05, max_ar
       'area_target': target_mask.mean(),
       'area_non_target': non_target_mask.mean(),
       'single_class': 0.0,
+      'class_overlap': np_class_overlap_loss(seg, targets),
   }
+
+
+def np_class_overlap_loss(seg, targets):
+  """Per pixel: sum minus max of the target classes' sigmoid masks; mean over B,H,W."""
+  total = 0.0
+  for b in range(seg.shape[0]):
+    present = [c for c in range(seg.shape[-1]) if targets[b, c] == 1]
+    for i in range(seg.shape[1]):
+      for j in range(seg.shape[2]):
+        values = [np_sigmoid(seg[b, i, j, c]) for c in present]
+        total += sum(values) - max(values) if values else 0.0
+  return total / (seg.shape[0] * seg.shape[1] * seg.shape[2])
+
+
+def test_class_overlap_loss_matches_numpy_and_is_zero_for_disjoint_masks():
+  seg, _, targets = random_inputs()  # includes the no-target and all-target images
+  np.testing.assert_allclose(losses.class_overlap_loss(seg, targets),
+                             np_class_overlap_loss(np.asarray(seg), np.asarray(targets)), **TOL)
+  # Two target classes on disjoint halves, a non-target class everywhere: no overlap.
+  disjoint = np.full((1, H, W, C), -30.0, np.float32)
+  disjoint[0, :, :W // 2, 0] = 30.0
+  disjoint[0, :, W // 2:, 1] = 30.0
+  disjoint[0, :, :, 2] = 30.0
+  two_targets = np.array([[1, 1, 0, 0]], np.float32)
+  assert float(losses.class_overlap_loss(disjoint, two_targets)) < 1e-6
+  # The same two target masks both covering the whole image: overlap 1 per pixel.
+  shared = disjoint.copy()
+  shared[0, :, :, :2] = 30.0
+  np.testing.assert_allclose(losses.class_overlap_loss(shared, two_targets), 1.0, rtol=1e-6)
 
 
 def np_single_class_loss(seg, images, targets, weight, bias):
@@ -384,7 +415,7 @@ def test_explainer_loss_matches_numpy_and_is_the_weighted_sum_of_its_terms():
   seg, images, targets = random_inputs()
   weight, bias = linear_params()
   weights = dict(lambda_c=1.5, lambda_e=0.7, lambda_tv=2.0, lambda_ac=0.5, lambda_t=0.1,
-                 lambda_nt=0.3)
+                 lambda_nt=0.3, lambda_overlap=0.4)
   total, aux = losses.explainer_loss(seg, images, targets, jax_classify(weight, bias), **weights)
   expected = np_explainer_terms(seg, images, targets, weight, bias)
   assert set(aux) == set(expected) | {'loss'}

@@ -135,15 +135,30 @@ def class_mask_area_loss(segmentations: Array, targets: Array, min_area: float,
   return jnp.sum(per_class * (targets > 0.5), axis=-1).mean()
 
 
+def class_overlap_loss(segmentations: Array, targets: Array) -> Array:
+  """Mean over B,H,W of (sum - max) of the target classes' masks: 0 when at most one target
+  class claims each pixel. NOT in the paper (an ablation of class specificity)."""
+  chex.assert_rank(segmentations, 4)
+  chex.assert_equal((segmentations.shape[0], segmentations.shape[-1]), targets.shape)
+  is_target = (targets > 0.5)[:, None, None, :]
+  masks = jax.nn.sigmoid(segmentations)
+  claimed = jnp.where(is_target, masks, 0.0)
+  return (claimed.sum(axis=-1) - claimed.max(axis=-1)).mean()
+
+
 def explainer_loss(segmentations: Array, images: Array, targets: Array, classify: Classify, *,
                    lambda_c: float = 1.0, lambda_e: float = 1.0, lambda_tv: float = 1.0,
                    lambda_ac: float = 1.0, lambda_t: float = 0.1, lambda_nt: float = 0.3,
                    min_area: float = 0.05, max_area: float = 0.3, lambda_single: float = 0.0,
-                   multilabel: bool = True) -> tuple[Array, dict[str, Array]]:
+                   lambda_overlap: float = 0.0, multilabel: bool = True
+                   ) -> tuple[Array, dict[str, Array]]:
   """The Explainer's loss (Stalder et al. 2022). Returns (total, unweighted terms).
 
-  `lambda_single` (0 = the paper's loss) weighs an extra term that is NOT in the paper,
-  `single_class_keep_loss`, for ablations of class specificity.
+  With `lambda_single = lambda_overlap = 0` (the defaults) it is the paper's loss. Both weigh
+  terms that are NOT in the paper, for ablations of class specificity: `lambda_single` the
+  classification of the image kept by one target class's own mask against that class alone
+  (one more classifier pass), `lambda_overlap` the overlap of the target classes' masks
+  (`class_overlap_loss`).
   """
   chex.assert_rank([segmentations, images, targets], [4, 4, 2])
   chex.assert_equal(segmentations.shape[:3], images.shape[:3])
@@ -166,10 +181,11 @@ def explainer_loss(segmentations: Array, images: Array, targets: Array, classify
       'area_non_target': non_target_mask.mean(),
       'single_class': (_single_class_loss(logits[2], single_class, targets, multilabel)
                        if single else jnp.zeros((), jnp.float32)),
+      'class_overlap': class_overlap_loss(segmentations, targets),
   }
   weights = {'classification': lambda_c, 'entropy': lambda_e, 'tv': lambda_tv,
              'area_class': lambda_ac, 'area_target': lambda_t, 'area_non_target': lambda_nt,
-             'single_class': lambda_single}
+             'single_class': lambda_single, 'class_overlap': lambda_overlap}
   return _weighted_total(aux, weights)
 
 
