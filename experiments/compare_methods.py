@@ -113,7 +113,8 @@ flags.DEFINE_integer('figure_images', 6, 'Rows of figures/comparison.png.')
 
 # The flags that are options of `compare()` (the rest: --workdir, --out).
 _OPTION_FLAGS = ('data_dir', 'num_images', 'batch_size', 'timing_batch_size', 'methods', 'seed',
-                 'rts_workdir', 'rts_steps', 'self_explainer_workdir', 'rise_masks', 'rise_grid', 'rise_keep',
+                 'rts_workdir', 'rts_steps', 'self_explainer_workdir',
+                 'rise_masks', 'rise_grid', 'rise_keep',
                  'ep_iterations', 'ep_areas', 'ep_all_classes',
                  'occlusion_window', 'occlusion_stride', 'lime_samples', 'lime_segments',
                  'ig_steps', 'smoothgrad_samples', 'insertion_steps', 'sanity_images',

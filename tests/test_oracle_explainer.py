@@ -1,23 +1,12 @@
 """experiments/oracle_explainer.py: its scores on hand-made masks, and a tiny run."""
 
-import functools
-import importlib.util
-import os
 import subprocess
 import sys
 
 import numpy as np
 
 from tests.conftest import REPO
-
-
-@functools.lru_cache(maxsize=None)  # its absl flags may be defined only once per process
-def _module():
-  path = os.path.join(REPO, 'experiments', 'oracle_explainer.py')
-  spec = importlib.util.spec_from_file_location('oracle_explainer', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+import experiments.oracle_explainer as oracle  # pylint: disable=g-bad-import-order
 
 
 def _two_objects():
@@ -29,7 +18,6 @@ def _two_objects():
 
 
 def test_class_specific_masks_score_perfectly():
-  oracle = _module()
   class_masks, labels = _two_objects()
   scores = oracle.score(class_masks, class_masks, labels)
   assert scores == {'iou@0.5': [1.0], 'per_class_iou@0.5': [1.0, 1.0],
@@ -37,7 +25,6 @@ def test_class_specific_masks_score_perfectly():
 
 
 def test_shared_objectness_map_scores_half_per_class_and_full_cross_coverage():
-  oracle = _module()
   class_masks, labels = _two_objects()
   shared = np.repeat(class_masks.max(-1, keepdims=True), 3, axis=-1)
   scores = oracle.score(shared, class_masks, labels)
@@ -47,7 +34,6 @@ def test_shared_objectness_map_scores_half_per_class_and_full_cross_coverage():
 
 
 def test_soft_dice_loss_is_zero_for_the_truth_and_ignores_absent_classes():
-  oracle = _module()
   class_masks, _ = _two_objects()
   assert float(oracle.soft_dice_loss(class_masks, class_masks)) < 1e-6
   swapped = class_masks[..., [1, 0, 2]]

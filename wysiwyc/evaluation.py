@@ -107,7 +107,7 @@ def specificity_summary(sums: Dict[str, float]) -> Dict[str, float]:
   own = ratio(sums['specificity_own_sum'], sums['specificity_own_count'])
   other = ratio(sums['specificity_other_sum'], sums['specificity_other_count'])
   return {'specificity_own': own, 'specificity_other': other,
-          'specificity_other_over_own': ratio(other, own) if own == own else float('nan'),
+          'specificity_other_over_own': ratio(other, own),  # NaN when `own` is NaN
           'specificity_pairs': sums['specificity_other_count']}
 
 
