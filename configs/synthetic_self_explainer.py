@@ -50,12 +50,27 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config = _base_config(arg)
   config.mode = 'self_explainer'
 
-  # The U-Net of configs/synthetic.py, trained with its explainer.train settings (Adam 1e-3, batch
-  # 32, early stopping on the validation loss) for longer: it learns to classify from scratch.
-  # A step is two U-Net passes forward and backward (teacher and student).
-  config.explainer.train.num_epochs = 2 if 'smoke' in arg else 10
+  # The U-Net of configs/synthetic.py with two changes that a mean-pooled head needs (measured
+  # with classification alone, 1000 steps of 32 images of the 30k set, validation per-class
+  # accuracy): batch instead of group norm, because group norm standardizes each image's features
+  # over H,W, so their spatial mean, the logit, says almost nothing about the image (0.712, the
+  # 'no class' rate, vs 0.770; no norm: 0.720); logit_scale=10, because the logit of a class
+  # whose objects cover 5% of the image is 5% of their mask logits (0.800 vs 0.770).
+  config.explainer.kwargs.norm = 'batch'
+  config.explainer.kwargs.logit_scale = 10.0
   config.explainer.train.max_steps = 0  # the epochs and early stopping decide
-  config.explainer.train.schedule = 'constant'
+  if 'smoke' in arg:
+    config.explainer.train.num_epochs = 2
+    config.explainer.train.schedule = 'constant'
+  else:
+    # The shipped classifier learnt from 30,000 images over 10 epochs (cosine decay); so does
+    # this one. A step is two U-Net passes forward and backward (teacher and student).
+    config.data.synthetic.num_train = 30_000
+    config.explainer.train.num_epochs = 10
+    config.explainer.train.patience = 10
+    config.explainer.train.schedule = 'cosine'
+    config.explainer.train.warmup_steps = 200
+    config.explainer.train.decay_steps = 9370  # 10 epochs of 937 steps
 
   # The classifier is the U-Net itself, mean-pooled: its fields are references to explainer.*.
   config.classifier.name = 'self_explainer_head'
@@ -64,10 +79,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       {'explainer': config.explainer.get_ref('name'),
        **{key: config.explainer.kwargs.get_ref(key) for key in config.explainer.kwargs}})
 
-  # The authors' InterpretableFCNN defaults (their VOC setting).
+  # The authors' InterpretableFCNN defaults (their VOC setting), but for lambda_c.
   config.loss = ml_collections.ConfigDict()
   config.loss.kind = 'self_explainer'
-  config.loss.lambda_c = 1.0           # classification (BCE) of the teacher and student logits
+  # classification (BCE) of the teacher and student logits. The authors use 1 with an ImageNet
+  # backbone; a U-Net from scratch at 1 never left the 'no class' rate (500 steps: training
+  # BCE 0.611, validation accuracy 0.712): the mask terms' gradients drown the classification's.
+  # At 10 it learns about as fast as with classification alone (BCE 0.555 vs 0.52, 0.739 vs 0.746).
+  config.loss.lambda_c = 10.0
   config.loss.lambda_similarity = 1.0  # mean |teacher logits - student logits|
   config.loss.lambda_tv = 1.0          # TV of the teacher and student target masks
   config.loss.lambda_ac = 1.0          # class-mask area constraint, both passes

@@ -47,6 +47,15 @@ def test_unet_logits_at_input_resolution(shape, norm):
   assert np.all(np.isfinite(out))
 
 
+def test_unet_logit_scale_multiplies_the_logits_of_the_same_parameters():
+  x = jax.random.normal(jax.random.key(3), (2, 16, 16, 3))
+  plain = models.build_explainer('unet', 4, width=4, depth=2, norm='batch')
+  scaled = models.build_explainer('unet', 4, width=4, depth=2, norm='batch', logit_scale=10.0)
+  variables = plain.init(jax.random.key(0), x)
+  np.testing.assert_allclose(scaled.apply(variables, x), 10.0 * plain.apply(variables, x),
+                             rtol=1e-5, atol=1e-5)
+
+
 def test_space_to_depth_inverts_depth_to_space():
   x = jax.random.normal(jax.random.key(0), (2, 6, 4, 3))
   folded = layers.space_to_depth_2x(x)

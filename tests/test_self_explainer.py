@@ -57,6 +57,23 @@ def run_one_step(config, batch, micro_batches=1):
   return model, before, jax.device_get(state), jax.device_get(aux), loss_fn
 
 
+def initial_variables(model):
+  return model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+
+
+def test_running_batch_statistics_are_updated_by_the_teacher_pass_alone():
+  """They are what the model uses on plain images; the student sees masked ones."""
+  config, batch = tiny_config(), random_batch()
+  model, _, state, _, _ = run_one_step(config, batch)
+  initial = initial_variables(model)
+  _, teacher_only = train.apply_model(model, initial['params'], initial['batch_stats'],
+                                      jnp.asarray(batch['image']), train=True)
+  leaves = jax.tree.leaves(state.batch_stats)
+  assert leaves and max_change(initial['batch_stats'], state.batch_stats) > 1e-4
+  for got, want in zip(leaves, jax.tree.leaves(teacher_only)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def max_change(before, after):
   return max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), before,
                                           after)))
@@ -64,14 +81,16 @@ def max_change(before, after):
 
 def test_train_step_loss_is_the_loss_of_the_initial_model_and_params_move():
   config, batch = tiny_config(), random_batch()
+  assert config.explainer.kwargs.norm == 'batch'
   model, before, state, aux, loss_fn = run_one_step(config, batch)
   assert set(aux) == set(LOSS_TERMS)
   for name, value in aux.items():
     assert np.isfinite(value), name
   # The step's loss is self_explainer_loss of the U-Net before the update.
+  initial_stats = initial_variables(model)['batch_stats']
   total, expected = jax.jit(lambda params, images, labels: loss_fn(
-      lambda x: model.apply({'params': params}, x, train=True), images, labels))(
-          before, batch['image'], batch['labels'])
+      lambda x: train.apply_model(model, params, initial_stats, x, train=True)[0], images,
+      labels))(before, batch['image'], batch['labels'])
   np.testing.assert_allclose(aux['loss'], total, rtol=1e-5)
   for name in LOSS_TERMS:
     np.testing.assert_allclose(aux[name], expected[name], rtol=1e-5, atol=1e-7, err_msg=name)
@@ -85,6 +104,7 @@ def test_gradient_accumulation_gives_the_same_step():
   update itself is about lr * sign(gradient), too coarse to compare).
   """
   config, batch = tiny_config(), random_batch(batch_size=8)
+  config.explainer.kwargs.norm = 'group'  # batch norm's statistics differ per micro-batch
   _, _, whole, whole_aux, _ = run_one_step(config, batch)
   _, _, halves, halves_aux, _ = run_one_step(config, batch, micro_batches=2)
   for name in LOSS_TERMS:
