@@ -61,6 +61,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # enough for 16-22 px objects.
   config.explainer.kwargs = ml_collections.ConfigDict(
       {'width': 16, 'depth': 3, 'norm': 'group', 'input_stride': 2})
+  # A workdir (its explainer/best) or orbax folder whose explainer weights, for the same
+  # explainer.name and kwargs, the training starts from; '' starts from random weights.
+  config.explainer.init_from = ''
   # The paper's Adam lr of 1e-5 is for 10k+ VOC steps from a large network; from scratch on a
   # small one, 1e-3 with cosine decay over the step budget converges within it. The step
   # budget keeps the main job within 15 minutes on 2 CPU cores (~0.36 s per step).

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -12,6 +13,7 @@ from tests.conftest import REPO, smoke_config
 from wysiwyc import errors
 from wysiwyc import evaluation
 from wysiwyc import metrics
+from wysiwyc import models
 from wysiwyc import train
 
 METHODS = ('explainer',) + evaluation.REFERENCE_METHODS
@@ -118,6 +120,42 @@ def test_workdir_of_another_model_is_refused(finished, data_dir):
   config.explainer.kwargs.width = 4
   with pytest.raises(errors.UserError, match='explainer.kwargs'):
     train.train_and_evaluate(config, workdir)
+
+
+def fresh_explainer_state(config):
+  explainer = models.build_explainer(config.explainer.name, config.data.synthetic.num_classes,
+                                     **config.explainer.kwargs)
+  tx = train.make_optimizer(config.explainer.train)
+  return train.init_state(explainer, tx, jax.random.key(7), config.data.image_size)
+
+
+def test_explainer_init_from_starts_from_another_runs_explainer(finished, data_dir):
+  workdir, _ = finished
+  mesh = train.create_mesh()
+  fresh = fresh_explainer_state(smoke_config(data_dir))
+  started = jax.device_get(train.with_initial_explainer(workdir, fresh, mesh))
+  trained = train.restore_stage_variables(
+      workdir, 'explainer', jax.device_get({'params': fresh.params,
+                                            'batch_stats': fresh.batch_stats}))
+  for got, want in zip(jax.tree.leaves(started.params), jax.tree.leaves(trained['params'])):
+    np.testing.assert_array_equal(got, want)
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(started.params),
+                                                      jax.tree.leaves(fresh.params)))
+  assert int(started.step) == 0  # only the weights are taken, not the training progress
+  assert train.with_initial_explainer('', fresh, mesh) is fresh
+
+
+def test_explainer_init_from_of_another_model_or_a_missing_folder_is_refused(
+    finished, data_dir, tmp_path):
+  workdir, _ = finished
+  config = smoke_config(data_dir)
+  config.explainer.kwargs.width = 4
+  with pytest.raises(errors.UserError, match='explainer.init_from'):
+    train.with_initial_explainer(workdir, fresh_explainer_state(config), train.create_mesh())
+  config.explainer.init_from = str(tmp_path / 'nowhere')
+  with pytest.raises(errors.UserError, match='init_from.*no such folder'):
+    train.check_inputs_available(config)
+  assert not os.path.exists(tmp_path / 'nowhere')
 
 
 def test_cli_reports_config_errors_without_traceback(tmp_path, data_dir):

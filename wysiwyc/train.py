@@ -172,6 +172,10 @@ def check_inputs_available(config: ml_collections.ConfigDict) -> None:
     problem = models.missing_pretrained(module)
     if problem:
       problems.append(problem)
+  init_from = config.explainer.get('init_from', '')
+  if init_from and not os.path.isdir(init_from):
+    problems.append(f'explainer.init_from={init_from!r}: no such folder (a wysiwyc workdir or '
+                    'an orbax checkpoint folder); fix the path or leave it empty.')
   if problems:
     raise errors.UserError(sources.format_missing(problems))
 
@@ -622,16 +626,40 @@ def load_classifier_checkpoint(source: str, state: TrainState, config, spec) -> 
     name = source[len(shipped.PREFIX):]
     shipped.check_compatible(shipped.read_metadata(name), config, spec.class_names)
     return shipped.load(name, jax.device_get(target))
-  candidates = [os.path.join(source, 'classifier', 'best'), source]
-  for directory in candidates:
-    if os.path.isdir(directory):
-      restored = checkpointing.restore_latest(checkpointing.manager(directory, 1), target)
-      if restored is not None:
-        return restored[0]
+  restored = restore_stage_variables(source, 'classifier', target)
+  if restored is not None:
+    return restored
   raise errors.UserError(
       f'classifier.checkpoint={source!r} holds no readable classifier checkpoint. Give a '
       'wysiwyc workdir whose classifier stage finished, or an orbax checkpoint folder whose '
       "steps hold {'params', 'batch_stats'} for config.classifier.")
+
+
+def restore_stage_variables(source: str, stage: str, target: dict) -> Optional[dict]:
+  """The {'params', 'batch_stats'} of a workdir's `<stage>/best`, or of an orbax folder, read
+  into the structure of `target`; None when neither holds a readable checkpoint of it."""
+  for directory in (os.path.join(source, stage, 'best'), source):
+    if os.path.isdir(directory):
+      restored = checkpointing.restore_latest(checkpointing.manager(directory, 1), target)
+      if restored is not None:
+        return restored[0]
+  return None
+
+
+def with_initial_explainer(source: str, state: TrainState, mesh: Mesh) -> TrainState:
+  """`state` started from the explainer variables of `source` (`explainer.init_from`: a workdir,
+  whose `explainer/best` is read, or an orbax folder); unchanged when `source` is ''."""
+  if not source:
+    return state
+  restored = restore_stage_variables(
+      source, 'explainer', jax.device_get({'params': state.params,
+                                           'batch_stats': state.batch_stats}))
+  if restored is None:
+    raise errors.UserError(
+        f'explainer.init_from={source!r} holds no explainer checkpoint that fits this config. '
+        'Give a wysiwyc workdir (or an orbax folder) made with the same explainer.name and '
+        'explainer.kwargs, or leave explainer.init_from empty to start from random weights.')
+  return replicate(state.replace(**restored), mesh)
 
 
 def explainer_stage(config, spec, workdir: str, mesh: Mesh, classifier, classifier_variables,
@@ -644,6 +672,7 @@ def explainer_stage(config, spec, workdir: str, mesh: Mesh, classifier, classifi
   tx = make_optimizer(tc)
   state = replicate(init_state(explainer, tx, rng, config.data.image_size), mesh)
   state = with_pretrained_weights(explainer, state, mesh)
+  state = with_initial_explainer(config.explainer.get('init_from', ''), state, mesh)
   loss_fn = explainer_loss_fn(config, spec.multilabel)
   train_step = jit_train_step(make_explainer_train_step(explainer, classifier, tx, loss_fn,
                                                         micro_batches),
