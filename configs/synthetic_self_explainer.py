@@ -1,9 +1,9 @@
 r"""The self-explaining classifier (seed 002) on the synthetic shapes data set.
 
 One U-Net gives the per-class masks, and its logits are the masks' spatial means: the label and
-its explanation come from the same forward pass (wysiwyc/self_explainer.py). The data, U-Net,
-evaluation and trainer settings are those of configs/synthetic.py, so the results.json of both
-runs can be compared line by line.
+its explanation come from the same forward pass (wysiwyc/self_explainer.py). The data, U-Net and
+evaluation are those of configs/synthetic.py but for the changes below (30k training images,
+batch norm, logit_scale, lambda_c), so the results.json of both runs compare line by line.
 
 Main job (train, evaluate on the test split, figures):
 
@@ -14,12 +14,9 @@ Tiny run (about a minute on 2 CPU cores):
 
   python -m wysiwyc.main --config=configs/synthetic_self_explainer.py:smoke --workdir=/tmp/se
 
-Measured (2 CPU cores; see the README's "Self-explaining classifier"): it has not learnt to
-classify within the budgets tried. Two epochs on the 30k-image training set
-(`--config.data.synthetic.num_train=30000 --config.explainer.train.num_epochs=3
---config.explainer.train.schedule=cosine --config.explainer.train.warmup_steps=200
---config.explainer.train.decay_steps=2811`, stopped in the third) left validation per-class
-accuracy at 0.712, the 'no class present' rate of the split.
+Measured (2 CPU cores; see the README's "Self-explaining classifier"): 70 minutes; test split:
+its own per-class accuracy 0.990 (the separate classifier: 0.979); its masks merged iou@0.5 0.293,
+per-class 0.277, class specificity other/own 0.036 (the Explainer: 0.553, 0.329, 0.950).
 
 Change the network through `explainer.*` (e.g. `--config.explainer.kwargs.width=32`); the
 classifier fields follow it. Every loss weight is `loss.lambda_*`; 0 switches a term off.
