@@ -5,11 +5,11 @@ r"""Can the config's explainer network express class-specific masks at all? A di
 Trains the config's explainer architecture with *direct* supervision, per-pixel binary
 cross-entropy plus a soft Dice term against the ground-truth per-class object masks of the
 synthetic data set (no classifier, none of the paper's losses), for `--steps` steps with the
-config's optimizer, then scores it on the test split like the main job: merged-mask iou@0.5 (the mask of the image's
-classes, max-merged, vs the union of the objects) and mean per-class iou@0.5 (each present
-class's mask vs that class's objects). Class specificity is reported as the mean over pairs of
-different present classes (c, d) of the fraction of class d's object pixels that c's mask
-covers (0 = perfectly class-specific; 1 = one shared objectness map).
+config's optimizer, then scores it on the test split like the main job: merged-mask iou@0.5
+(the mask of the image's classes, max-merged, vs the union of the objects) and mean per-class
+iou@0.5 (each present class's mask vs that class's objects). Class specificity is reported as
+the mean over pairs of different present classes (c, d) of the fraction of class d's object
+pixels that c's mask covers (0 = perfectly class-specific; 1 = one shared objectness map).
 
 What it tells: if this oracle reaches high per-class IoU in the Explainer's step budget, the
 architecture can express class-specific masks and any shortfall of the Explainer comes from the

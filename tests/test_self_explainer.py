@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from tests.conftest import load_config
@@ -58,7 +59,9 @@ def run_one_step(config, batch, micro_batches=1):
 
 
 def initial_variables(model):
-  return model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+  """The variables `run_one_step` starts from (same helper, same key)."""
+  state = train.init_state(model, optax.identity(), jax.random.key(0), SIZE)
+  return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
 def test_running_batch_statistics_are_updated_by_the_teacher_pass_alone():
