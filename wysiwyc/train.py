@@ -30,6 +30,7 @@ from wysiwyc import errors
 from wysiwyc import losses
 from wysiwyc import metrics
 from wysiwyc import models
+from wysiwyc.data import augment
 from wysiwyc.data import pipeline
 from wysiwyc.data import sources
 from wysiwyc.models import shipped
@@ -244,9 +245,17 @@ def accumulate_gradients(objective: Callable, params, batch_stats, batch, rng,
 
 
 def make_classifier_train_step(model: nn.Module, tx, multilabel: bool,
-                               micro_batches: int = 1) -> Callable:
+                               micro_batches: int = 1, object_masking: float = 0.0,
+                               masking_margin: int = 3) -> Callable:
+  """The classifier's train step; `object_masking` > 0 masks that fraction of the training
+  images with their objects' masks first (`wysiwyc.data.augment.mask_objects`)."""
   def step(state: TrainState, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
+    if object_masking:
+      rng, masking_rng = jax.random.split(rng)
+      images, labels = augment.mask_objects(masking_rng, batch['image'], batch['labels'],
+                                            batch['class_masks'], object_masking, masking_margin)
+      batch = {**batch, 'image': images, 'labels': labels}
 
     def loss_fn(params, batch_stats, batch, rng):
       logits, batch_stats = apply_model(model, params, batch_stats, batch['image'],
@@ -611,8 +620,9 @@ def classifier_stage(config, spec, workdir: str, mesh: Mesh, rng) -> tuple:
   stage = Stage(
       name='classifier', directory=directory, train_config=tc,
       log_dir=os.path.join(workdir, 'tensorboard', 'classifier'),
-      train_step=jit_train_step(make_classifier_train_step(classifier, tx, spec.multilabel,
-                                                           micro_batches), mesh),
+      train_step=jit_train_step(make_classifier_train_step(
+          classifier, tx, spec.multilabel, micro_batches, tc.get('object_masking', 0.0),
+          tc.get('masking_margin', 3)), mesh),
       eval_step=jit_eval_step(make_classifier_eval_step(classifier, spec.multilabel), mesh))
   state = fit(stage, state, config, spec, mesh, rng)
   return classifier, state.variables()
