@@ -11,11 +11,7 @@ they are: model, data set version and parameters, class names, accuracies, this 
 `--config.classifier.checkpoint=zoo:<name>` (the default of configs/synthetic.py).
 """
 
-import datetime
-import hashlib
-import json
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -72,17 +68,10 @@ def main(argv):
       'name': FLAGS.name,
       'classifier': {'name': config.classifier.name,
                      'kwargs': config.classifier.kwargs.to_dict()},
-      'data': json.loads(config.data.to_json_best_effort()),
-      'dataset': shipped.dataset_identity(config.data),
       'class_names': list(spec.class_names),
       'per_class_accuracy': accuracy,
       'classifier_train': config.classifier.train.to_dict(),
-      'seed': config.seed,
-      'num_params': int(sum(x.size for x in jax.tree.leaves(variables['params']))),
-      'sha256': hashlib.sha256(payload).hexdigest(),
-      'command': ' '.join(['python'] + sys.argv),
-      'created': datetime.date.today().isoformat(),
-      'versions': {'jax': jax.__version__, 'flax': flax.__version__},
+      **shipped.provenance(config, variables, payload),
   }
   shipped.write_entry(FLAGS.output_dir, FLAGS.name, payload, metadata)
   print(f'wrote {os.path.join(FLAGS.output_dir, FLAGS.name)}.msgpack/.json')

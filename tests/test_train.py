@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -15,6 +16,7 @@ from wysiwyc import evaluation
 from wysiwyc import metrics
 from wysiwyc import models
 from wysiwyc import train
+from wysiwyc.data import synthetic
 
 METHODS = ('explainer',) + evaluation.REFERENCE_METHODS
 REQUIRED_METRICS = ('mean_f1', 'cont_f1', 'accuracy', 'iou@0.5', 'cont_iou', 'auc', 'saliency',
@@ -129,11 +131,18 @@ def fresh_explainer_state(config):
   return train.init_state(explainer, tx, jax.random.key(7), config.data.image_size)
 
 
+def initial_explainer(init_from, config, state):
+  config.explainer.init_from = init_from
+  num_classes = config.data.synthetic.num_classes
+  spec = types.SimpleNamespace(class_names=synthetic.SHAPE_NAMES[:num_classes])
+  return train.with_initial_explainer(config, spec, state, train.create_mesh())
+
+
 def test_explainer_init_from_starts_from_another_runs_explainer(finished, data_dir):
   workdir, _ = finished
-  mesh = train.create_mesh()
-  fresh = fresh_explainer_state(smoke_config(data_dir))
-  started = jax.device_get(train.with_initial_explainer(workdir, fresh, mesh))
+  config = smoke_config(data_dir)
+  fresh = fresh_explainer_state(config)
+  started = jax.device_get(initial_explainer(workdir, config, fresh))
   trained = train.restore_stage_variables(
       workdir, 'explainer', jax.device_get({'params': fresh.params,
                                             'batch_stats': fresh.batch_stats}))
@@ -142,7 +151,7 @@ def test_explainer_init_from_starts_from_another_runs_explainer(finished, data_d
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(started.params),
                                                       jax.tree.leaves(fresh.params)))
   assert int(started.step) == 0  # only the weights are taken, not the training progress
-  assert train.with_initial_explainer('', fresh, mesh) is fresh
+  assert initial_explainer('', config, fresh) is fresh
 
 
 def test_explainer_init_from_of_another_model_or_a_missing_folder_is_refused(
@@ -151,11 +160,14 @@ def test_explainer_init_from_of_another_model_or_a_missing_folder_is_refused(
   config = smoke_config(data_dir)
   config.explainer.kwargs.width = 4
   with pytest.raises(errors.UserError, match='explainer.init_from'):
-    train.with_initial_explainer(workdir, fresh_explainer_state(config), train.create_mesh())
+    initial_explainer(workdir, config, fresh_explainer_state(config))
   config.explainer.init_from = str(tmp_path / 'nowhere')
   with pytest.raises(errors.UserError, match='init_from.*no such folder'):
     train.check_inputs_available(config)
   assert not os.path.exists(tmp_path / 'nowhere')
+  config.explainer.init_from = 'zoo:nothing_by_that_name'
+  with pytest.raises(errors.UserError, match='init_from.*no such zoo entry'):
+    train.check_inputs_available(config)
 
 
 def test_cli_reports_config_errors_without_traceback(tmp_path, data_dir):

@@ -167,6 +167,7 @@ def self_explainer_stage(config, spec, workdir: str, mesh: Mesh, rng
   tx = train.make_optimizer(tc)
   state = train.replicate(train.init_state(segmenter, tx, rng, config.data.image_size), mesh)
   state = train.with_pretrained_weights(segmenter, state, mesh)
+  state = train.with_initial_explainer(config, spec, state, mesh)
   loss_fn = self_explainer_loss_fn(config, spec.multilabel)
   stage = train.Stage(
       name='self_explainer', directory=os.path.join(workdir, 'explainer'), train_config=tc,

@@ -174,9 +174,15 @@ def check_inputs_available(config: ml_collections.ConfigDict) -> None:
     if problem:
       problems.append(problem)
   init_from = config.explainer.get('init_from', '')
-  if init_from and not os.path.isdir(init_from):
-    problems.append(f'explainer.init_from={init_from!r}: no such folder (a wysiwyc workdir or '
-                    'an orbax checkpoint folder); fix the path or leave it empty.')
+  if shipped.is_zoo_reference(init_from):
+    name = init_from[len(shipped.PREFIX):]
+    if name not in shipped.available():
+      problems.append(f'explainer.init_from={init_from!r}: no such zoo entry (shipped: '
+                      f"{', '.join(shipped.available()) or 'none'}); fix the name or leave it "
+                      'empty.')
+  elif init_from and not os.path.isdir(init_from):
+    problems.append(f'explainer.init_from={init_from!r}: no such folder (a wysiwyc workdir, an '
+                    "orbax checkpoint folder or 'zoo:NAME'); fix the path or leave it empty.")
   if problems:
     raise errors.UserError(sources.format_missing(problems))
 
@@ -656,14 +662,19 @@ def restore_stage_variables(source: str, stage: str, target: dict) -> Optional[d
   return None
 
 
-def with_initial_explainer(source: str, state: TrainState, mesh: Mesh) -> TrainState:
-  """`state` started from the explainer variables of `source` (`explainer.init_from`: a workdir,
-  whose `explainer/best` is read, or an orbax folder); unchanged when `source` is ''."""
+def with_initial_explainer(config, spec, state: TrainState, mesh: Mesh) -> TrainState:
+  """`state` started from the explainer variables named by `config.explainer.init_from`: a
+  shipped zoo entry ('zoo:NAME'), a workdir (its `explainer/best`) or an orbax folder;
+  unchanged when it is ''."""
+  source = config.explainer.get('init_from', '')
   if not source:
     return state
-  restored = restore_stage_variables(
-      source, 'explainer', jax.device_get({'params': state.params,
-                                           'batch_stats': state.batch_stats}))
+  target = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
+  if shipped.is_zoo_reference(source):
+    name = source[len(shipped.PREFIX):]
+    shipped.check_explainer_compatible(shipped.read_metadata(name), config, spec.class_names)
+    return replicate(state.replace(**shipped.load(name, target)), mesh)
+  restored = restore_stage_variables(source, 'explainer', target)
   if restored is None:
     raise errors.UserError(
         f'explainer.init_from={source!r} holds no explainer checkpoint that fits this config. '
@@ -682,7 +693,7 @@ def explainer_stage(config, spec, workdir: str, mesh: Mesh, classifier, classifi
   tx = make_optimizer(tc)
   state = replicate(init_state(explainer, tx, rng, config.data.image_size), mesh)
   state = with_pretrained_weights(explainer, state, mesh)
-  state = with_initial_explainer(config.explainer.get('init_from', ''), state, mesh)
+  state = with_initial_explainer(config, spec, state, mesh)
   loss_fn = explainer_loss_fn(config, spec.multilabel)
   train_step = jit_train_step(make_explainer_train_step(explainer, classifier, tx, loss_fn,
                                                         micro_batches),

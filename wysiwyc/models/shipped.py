@@ -1,10 +1,14 @@
-"""Classifier weights shipped inside the package: the synthetic data set's model zoo.
+"""Weights shipped inside the package: the synthetic data set's model zoo.
 
 An entry `<name>` is two files in `WEIGHTS_DIR`: `<name>.msgpack` (the Flax variables) and
-`<name>.json` (what they are: classifier name and kwargs, the data set and its generation
+`<name>.json` (what they are: model name and kwargs, the data set and its generation
 parameters, class names, measured accuracy, the command that made them, a sha256 of the
-weights). `experiments/train_zoo_classifier.py` writes them. A config names an entry with
-`classifier.checkpoint = 'zoo:<name>'`.
+weights). Two kinds:
+- a classifier (metadata key 'classifier'), written by `experiments/train_zoo_classifier.py`,
+  named by `classifier.checkpoint = 'zoo:<name>'`;
+- an explainer start (metadata key 'explainer'), written by `experiments/train_zoo_explainer.py`,
+  named by `explainer.init_from = 'zoo:<name>'`: weights the Explainer's training starts from,
+  as the authors' explainer starts from an ImageNet-pretrained backbone.
 """
 
 import json
@@ -48,8 +52,10 @@ def read_metadata(name: str, weights_dir: str = WEIGHTS_DIR) -> Dict[str, Any]:
   if not (os.path.exists(meta_path) and os.path.exists(weights_path)):
     entries = ', '.join(available(weights_dir)) or 'none'
     raise errors.UserError(
-        f'No zoo classifier {name!r} in {weights_dir}. Shipped: {entries}. Make one with '
-        "experiments/train_zoo_classifier.py, or train from scratch with classifier.checkpoint=''.")
+        f'No zoo entry {name!r} in {weights_dir}. Shipped: {entries}. Make a classifier with '
+        'experiments/train_zoo_classifier.py (or train from scratch with '
+        "classifier.checkpoint=''), an explainer start with experiments/train_zoo_explainer.py "
+        "(or start from random weights with explainer.init_from='').")
   with open(meta_path) as f:
     return json.load(f)
 
@@ -68,6 +74,11 @@ def dataset_identity(data_config) -> Dict[str, Any]:
 
 def check_compatible(metadata: Dict[str, Any], config, class_names: Sequence[str]) -> None:
   """Raises a UserError if the entry cannot serve `config`; warns if its data differ."""
+  if 'classifier' not in metadata:
+    raise errors.UserError(
+        f"Zoo entry {metadata['name']!r} is not a classifier (an explainer start goes in "
+        'explainer.init_from); classifier.checkpoint takes an entry made by '
+        'experiments/train_zoo_classifier.py.')
   wanted = {'classifier.name': config.classifier.name,
             'classifier.kwargs': config.classifier.kwargs.to_dict(),
             'class names': list(class_names),
@@ -82,14 +93,47 @@ def check_compatible(metadata: Dict[str, Any], config, class_names: Sequence[str
     raise errors.UserError(
         f"Zoo classifier {metadata['name']!r} does not fit this config ({details}). Set those "
         "fields as the zoo entry has them, or train a classifier with classifier.checkpoint=''.")
+  warn_if_other_data(metadata, config)
+
+
+def warn_if_other_data(metadata: Dict[str, Any], config) -> None:
+  """Logs a warning when the entry was trained on synthetic data made with other parameters
+  than `config.data` (split sizes aside)."""
   current = dataset_identity(config.data).get('generation', {})
   trained_on = metadata['dataset'].get('generation', {})
   differing = sorted(key for key in set(current) | set(trained_on)
                      if key not in _SPLIT_SIZE_FIELDS and current.get(key) != trained_on.get(key))
   if differing:
-    logging.warning('Zoo classifier %r was trained on synthetic data with other %s; it is '
-                    'explained on data it was not trained for.', metadata['name'],
-                    ', '.join(differing))
+    logging.warning('Zoo entry %r was trained on synthetic data with other %s; it is used on '
+                    'data it was not trained for.', metadata['name'], ', '.join(differing))
+
+
+def check_explainer_compatible(metadata: Dict[str, Any], config,
+                               class_names: Sequence[str]) -> None:
+  """Raises a UserError unless explainer entry `metadata` has the variables of `config`'s
+  explainer (name, the kwargs that shape its variables, class names)."""
+  if 'explainer' not in metadata:
+    raise errors.UserError(
+        f"Zoo entry {metadata['name']!r} is not an explainer start (a classifier entry goes in "
+        'classifier.checkpoint); explainer.init_from takes an entry made by '
+        'experiments/train_zoo_explainer.py.')
+  # Scales and dtypes change no variable, so an entry serves any of them.
+  shape_free = ('logit_scale', 'dtype')
+  strip = lambda kwargs: {k: v for k, v in kwargs.items() if k not in shape_free}
+  wanted = {'explainer.name': config.explainer.name,
+            'explainer.kwargs': strip(config.explainer.kwargs.to_dict()),
+            'class names': list(class_names)}
+  shipped = {'explainer.name': metadata['explainer']['name'],
+             'explainer.kwargs': strip(metadata['explainer']['kwargs']),
+             'class names': metadata['class_names']}
+  changed = [key for key in wanted if wanted[key] != shipped[key]]
+  if changed:
+    details = '; '.join(f'{key}: config {wanted[key]!r}, zoo {shipped[key]!r}' for key in changed)
+    raise errors.UserError(
+        f"Zoo explainer start {metadata['name']!r} does not fit this config ({details}). Set "
+        "those fields as the zoo entry has them, or start from random weights with "
+        "explainer.init_from=''.")
+  warn_if_other_data(metadata, config)
 
 
 def load(name: str, target: Dict[str, Any], weights_dir: str = WEIGHTS_DIR) -> Dict[str, Any]:
@@ -107,8 +151,27 @@ def load(name: str, target: Dict[str, Any], weights_dir: str = WEIGHTS_DIR) -> D
   try:
     return flax.serialization.from_state_dict(target, state)
   except (ValueError, KeyError) as e:
-    raise errors.UserError(f'Zoo classifier {name!r} does not fit the model built from the '
+    raise errors.UserError(f'Zoo entry {name!r} does not fit the model built from the '
                            f'config: {e}') from e
+
+
+def provenance(config, variables: Dict[str, Any], payload: bytes) -> Dict[str, Any]:
+  """The metadata every entry carries: its data, seed, size, sha256, the command that made it
+  (this process's argv), date and library versions."""
+  import datetime  # pylint: disable=g-import-not-at-top
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  return {
+      'data': json.loads(config.data.to_json_best_effort()),
+      'dataset': dataset_identity(config.data),
+      'seed': config.seed,
+      'num_params': int(sum(x.size for x in jax.tree.leaves(variables['params']))),
+      'sha256': hashlib.sha256(payload).hexdigest(),
+      'command': ' '.join(['python'] + sys.argv),
+      'created': datetime.date.today().isoformat(),
+      'versions': {'jax': jax.__version__, 'flax': flax.__version__},
+  }
 
 
 def write_entry(output_dir: str, name: str, payload: bytes, metadata: Dict[str, Any]) -> None:
