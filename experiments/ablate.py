@@ -9,7 +9,9 @@ variant gets the same number of updates), and writes `ablation.md` and `ablation
 workdir: variant x metric, plus wall time. Finished variants are reused when re-run.
 
 Variants are plain config overrides. The default list switches each loss term off, scales each
-weight by 0.1 and 10, moves the area bounds, and changes the learning rate and explainer width.
+weight by 0.1 and 10, moves the area bounds, and changes the learning rate and explainer width
+(from random weights when the config starts from `explainer.init_from`, which then also gets a
+variant `init_from=random`).
 Run your own with repeated `--variant=NAME:FIELD=VALUE[,FIELD=VALUE...]`, e.g.
   --variant=no_tv:loss.lambda_tv=0 --variant=wide:explainer.kwargs.width=32
 and pick defaults by name with `--only=baseline,no_entropy`.
@@ -51,7 +53,7 @@ LOSS_TERMS = ('lambda_c', 'lambda_e', 'lambda_tv', 'lambda_ac', 'lambda_t', 'lam
 
 def default_variants(config: ml_collections.ConfigDict) -> Dict[str, Dict[str, object]]:
   """name -> {dotted field: value}: each term off, each weight x0.1 and x10, area bounds,
-  learning rate and width."""
+  learning rate, width and (if the config has one) the starting weights."""
   variants: Dict[str, Dict[str, object]] = {'baseline': {}}
   for term in LOSS_TERMS:
     weight = config.loss[term]
@@ -65,8 +67,12 @@ def default_variants(config: ml_collections.ConfigDict) -> Dict[str, Dict[str, o
   variants['lr x0.1'] = {'explainer.train.learning_rate': lr * 0.1}
   variants['lr x3'] = {'explainer.train.learning_rate': lr * 3}
   width = config.explainer.kwargs.width
-  variants['width x0.5'] = {'explainer.kwargs.width': max(width // 2, 1)}
-  variants['width x2'] = {'explainer.kwargs.width': width * 2}
+  # Starting weights (explainer.init_from) fit one width only: other widths start at random.
+  random_start = {'explainer.init_from': ''} if config.explainer.get('init_from', '') else {}
+  variants['width x0.5'] = {'explainer.kwargs.width': max(width // 2, 1), **random_start}
+  variants['width x2'] = {'explainer.kwargs.width': width * 2, **random_start}
+  if random_start:
+    variants['init_from=random'] = random_start
   return variants
 
 

@@ -1,6 +1,7 @@
 """experiments/ablate.py on the smoke config: variants run against one classifier, tables written."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -43,3 +44,31 @@ def test_bad_variant_is_refused(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
   assert "Unknown config field 'loss.no_such_field'" in result.stderr
+
+
+def default_variants(init_from: str) -> dict:
+  """ablate.default_variants of configs/synthetic.py with `explainer.init_from`, in a separate
+  process (the experiment scripts define absl flags of the same names)."""
+  script = ('import json, sys; sys.path.insert(0, "experiments"); import ablate; '
+            'from tests.conftest import load_config; c = load_config("synthetic"); '
+            f'c.explainer.init_from = {init_from!r}; '
+            'print(json.dumps({"variants": ablate.default_variants(c), "loss": c.loss.to_dict(), '
+            '"width": c.explainer.kwargs.width, "terms": ablate.LOSS_TERMS}))')
+  result = subprocess.run([sys.executable, '-c', script], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_default_variants_cover_every_term_and_the_starting_weights():
+  listed = default_variants('zoo:some_start')
+  variants, loss = listed['variants'], listed['loss']
+  for term in listed['terms']:
+    assert variants[f'{term}=0'] == {f'loss.{term}': 0.0}
+    assert variants[f'{term}x10'] == {f'loss.{term}': loss[term] * 10}
+  # Starting weights fit one width only; the random start is a variant of its own.
+  assert variants['width x2'] == {'explainer.kwargs.width': 2 * listed['width'],
+                                  'explainer.init_from': ''}
+  assert variants['init_from=random'] == {'explainer.init_from': ''}
+  variants = default_variants('')['variants']
+  assert 'init_from=random' not in variants and 'explainer.init_from' not in variants['width x2']

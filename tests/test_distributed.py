@@ -47,6 +47,8 @@ def tiny_config(compute_dtype: str = 'float32'):
   config.compute_dtype = compute_dtype
   for module in (config.classifier, config.explainer):
     module.kwargs.update(width=4, depth=1)
+  # Group norm: batch norm's statistics depend on how the batch is split into micro-batches.
+  config.explainer.kwargs.norm = 'group'
   return config
 
 

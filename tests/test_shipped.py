@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import types
 
 import flax
 import jax
@@ -19,22 +20,29 @@ from wysiwyc.models import classifiers
 from wysiwyc.models import shipped
 
 DEFAULT_ENTRY = 'synthetic_shapes_cnn'
+DEFAULT_EXPLAINER_START = 'synthetic_shapes_unet'
+
+
+def write_untrained_entry(tmp_path, name: str, kind: str, model, model_config, data_config):
+  """Writes zoo entry `name` of `kind` ('classifier' or 'explainer') with `model`'s initial
+  variables; returns them."""
+  import hashlib
+  variables = jax.device_get(dict(model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))))
+  payload = flax.serialization.msgpack_serialize(variables)
+  metadata = {'name': name, kind: {'name': model_config.name,
+                                   'kwargs': model_config.kwargs.to_dict()},
+              'dataset': shipped.dataset_identity(data_config),
+              'class_names': list(synthetic.SHAPE_NAMES[:6]),
+              'sha256': hashlib.sha256(payload).hexdigest()}
+  shipped.write_entry(str(tmp_path), name, payload, metadata)
+  return variables
 
 
 def small_entry(tmp_path, config):
-  """Writes a zoo entry of an untrained classifier for `config`; returns its variables."""
+  """Writes a zoo entry 'tiny' of an untrained classifier for `config`; returns its variables."""
   model = classifiers.build(config.classifier.name, 6, **config.classifier.kwargs)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-  variables = jax.device_get(dict(variables))
-  payload = flax.serialization.msgpack_serialize(variables)
-  import hashlib
-  metadata = {'name': 'tiny', 'classifier': {'name': config.classifier.name,
-                                             'kwargs': config.classifier.kwargs.to_dict()},
-              'dataset': shipped.dataset_identity(config.data),
-              'class_names': list(synthetic.SHAPE_NAMES[:6]),
-              'sha256': hashlib.sha256(payload).hexdigest()}
-  shipped.write_entry(str(tmp_path), 'tiny', payload, metadata)
-  return variables
+  return write_untrained_entry(tmp_path, 'tiny', 'classifier', model, config.classifier,
+                               config.data)
 
 
 def test_entry_round_trips_and_damage_is_reported(tmp_path):
@@ -51,7 +59,7 @@ def test_entry_round_trips_and_damage_is_reported(tmp_path):
     f.write(bytes([byte[0] ^ 1]))
   with pytest.raises(errors.UserError, match='sha256'):
     shipped.load('tiny', zeros, str(tmp_path))
-  with pytest.raises(errors.UserError, match="No zoo classifier 'nope'.*Shipped: tiny"):
+  with pytest.raises(errors.UserError, match="No zoo entry 'nope'.*Shipped: tiny"):
     shipped.read_metadata('nope', str(tmp_path))
 
 
@@ -120,17 +128,65 @@ def test_metadata_file_is_plain_json():
   assert metadata['num_params'] > 0
 
 
-def test_main_job_explains_the_shipped_classifier_and_scratch_is_one_switch(tmp_path):
+def test_main_job_uses_both_shipped_entries_and_scratch_is_one_switch(tmp_path):
   config = load_config('synthetic')
   config.data.data_dir = str(tmp_path / 'tfds')
   synthetic_config = config.data.synthetic
   synthetic_config.num_train, synthetic_config.num_validation = 32, 16
   synthetic_config.num_test = 32
-  config.explainer.kwargs.width = 4
   config.explainer.train.update(batch_size=16, max_steps=2, warmup_steps=0, decay_steps=2)
   config.eval.num_figure_images = 2
   results = train.train_and_evaluate(config, str(tmp_path / 'workdir'))
   # The zoo classifier was used as is (no classifier training), and it is accurate here too.
   assert not os.path.exists(tmp_path / 'workdir' / 'classifier' / 'checkpoints')
   assert results['classifier']['accuracy_plain'] >= 0.9
-  assert load_config('synthetic', 'scratch').classifier.checkpoint == ''
+  # Two steps from the shipped start already give class-specific masks (from random weights:
+  # one shared map, other/own near 1).
+  assert results['explainer']['specificity_other_over_own'] < 0.5
+  scratch = load_config('synthetic', 'scratch')
+  assert scratch.classifier.checkpoint == ''
+  assert scratch.classifier.train.object_masking == 0.5  # the zoo entry's recipe
+
+
+def test_default_config_starts_the_explainer_from_a_shipped_entry_that_fits_it():
+  config = load_config('synthetic')
+  assert config.explainer.init_from == shipped.PREFIX + DEFAULT_EXPLAINER_START
+  metadata = shipped.read_metadata(DEFAULT_EXPLAINER_START)
+  shipped.check_explainer_compatible(metadata, config, synthetic.SHAPE_NAMES[:6])
+  assert metadata['supervision'] == 'class labels only, no masks'
+  assert metadata['mode'] == 'self_explainer'
+  assert 'experiments/train_zoo_explainer.py' in metadata['command']
+  spec = types.SimpleNamespace(class_names=synthetic.SHAPE_NAMES[:6])
+  model = train.build_explainer(config, spec)
+  target = jax.device_get(dict(model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))))
+  loaded = shipped.load(DEFAULT_EXPLAINER_START, target)
+  assert metadata['num_params'] == sum(x.size for x in jax.tree.leaves(loaded['params']))
+
+
+def small_explainer_entry(tmp_path, config):
+  """Writes an explainer-start entry 'tiny_unet' of an untrained U-Net for `config`."""
+  model = train.build_explainer(config, types.SimpleNamespace(class_names=range(6)))
+  return write_untrained_entry(tmp_path, 'tiny_unet', 'explainer', model, config.explainer,
+                               config.data)
+
+
+def test_explainer_entry_is_checked_against_the_explainer_and_not_taken_for_a_classifier(
+    tmp_path):
+  config = load_config('synthetic')
+  small_explainer_entry(tmp_path, config)
+  small_entry(tmp_path, config)
+  names = synthetic.SHAPE_NAMES[:6]
+  explainer_entry = shipped.read_metadata('tiny_unet', str(tmp_path))
+  shipped.check_explainer_compatible(explainer_entry, config, names)  # fits
+  rescaled = load_config('synthetic')
+  rescaled.explainer.kwargs.logit_scale = 10.0  # changes no variable
+  shipped.check_explainer_compatible(explainer_entry, rescaled, names)
+  wider = load_config('synthetic')
+  wider.explainer.kwargs.width = 32
+  with pytest.raises(errors.UserError, match='explainer.kwargs'):
+    shipped.check_explainer_compatible(explainer_entry, wider, names)
+  with pytest.raises(errors.UserError, match='not a classifier'):
+    shipped.check_compatible(explainer_entry, config, names)
+  with pytest.raises(errors.UserError, match='not an explainer start'):
+    shipped.check_explainer_compatible(shipped.read_metadata('tiny', str(tmp_path)), config,
+                                       names)
