@@ -27,6 +27,7 @@ import numpy as np
 
 from wysiwyc import losses
 from wysiwyc import train
+from wysiwyc.data import augment
 from wysiwyc.data import pipeline
 
 FLAGS = flags.FLAGS
@@ -34,14 +35,6 @@ config_flags.DEFINE_config_file('config', 'configs/synthetic.py', 'Experiment co
                                 lock_config=False)
 flags.DEFINE_list('dilations', ['0', '1', '2', '3', '4', '6'], 'Dilation radii in pixels.')
 flags.DEFINE_integer('eval_examples', 500, 'Test images scored.')
-
-
-def dilate(masks: jnp.ndarray, radius: int) -> jnp.ndarray:
-  """(B,H,W) binary masks grown by `radius` pixels (max over a (2r+1)^2 square)."""
-  if radius == 0:
-    return masks
-  size = 2 * radius + 1
-  return jax.lax.reduce_window(masks, -jnp.inf, jax.lax.max, (1, size, size), (1, 1, 1), 'SAME')
 
 
 def bounding_boxes(masks: np.ndarray) -> np.ndarray:
@@ -92,7 +85,7 @@ def main(argv):
     scored += int(keep.sum())
     images, fg, labels = (jnp.asarray(batch[k][keep]) for k in ('image', 'foreground', 'labels'))
     fg = fg.astype(jnp.float32)
-    candidates = [dilate(fg, int(r)) for r in FLAGS.dilations]
+    candidates = [augment.dilate(fg, int(r)) for r in FLAGS.dilations]
     candidates.append(jnp.asarray(bounding_boxes(np.asarray(fg))))
     for name, masks in zip(variants, candidates):
       for key, value in score(images, fg, labels, masks).items():

@@ -175,11 +175,10 @@ def check_inputs_available(config: ml_collections.ConfigDict) -> None:
       problems.append(problem)
   init_from = config.explainer.get('init_from', '')
   if shipped.is_zoo_reference(init_from):
-    name = init_from[len(shipped.PREFIX):]
-    if name not in shipped.available():
+    entries = shipped.available()
+    if shipped.entry_name(init_from) not in entries:
       problems.append(f'explainer.init_from={init_from!r}: no such zoo entry (shipped: '
-                      f"{', '.join(shipped.available()) or 'none'}); fix the name or leave it "
-                      'empty.')
+                      f"{', '.join(entries) or 'none'}); fix the name or leave it empty.")
   elif init_from and not os.path.isdir(init_from):
     problems.append(f'explainer.init_from={init_from!r}: no such folder (a wysiwyc workdir, an '
                     "orbax checkpoint folder or 'zoo:NAME'); fix the path or leave it empty.")
@@ -639,7 +638,7 @@ def load_classifier_checkpoint(source: str, state: TrainState, config, spec) -> 
   `classifier/best`) or an orbax folder."""
   target = {'params': state.params, 'batch_stats': state.batch_stats}
   if shipped.is_zoo_reference(source):
-    name = source[len(shipped.PREFIX):]
+    name = shipped.entry_name(source)
     shipped.check_compatible(shipped.read_metadata(name), config, spec.class_names)
     return shipped.load(name, jax.device_get(target))
   restored = restore_stage_variables(source, 'classifier', target)
@@ -671,7 +670,7 @@ def with_initial_explainer(config, spec, state: TrainState, mesh: Mesh) -> Train
     return state
   target = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
   if shipped.is_zoo_reference(source):
-    name = source[len(shipped.PREFIX):]
+    name = shipped.entry_name(source)
     shipped.check_explainer_compatible(shipped.read_metadata(name), config, spec.class_names)
     return replicate(state.replace(**shipped.load(name, target)), mesh)
   restored = restore_stage_variables(source, 'explainer', target)

@@ -11,12 +11,16 @@ weights). Two kinds:
   as the authors' explainer starts from an ImageNet-pretrained backbone.
 """
 
+import datetime
+import hashlib
 import json
 import os
+import sys
 from typing import Any, Dict, Sequence
 
 from absl import logging
 import flax
+import jax
 
 from wysiwyc import checkpointing
 from wysiwyc import errors
@@ -30,6 +34,11 @@ _SPLIT_SIZE_FIELDS = ('num_train', 'num_validation', 'num_test')
 
 def is_zoo_reference(source: str) -> bool:
   return source.startswith(PREFIX)
+
+
+def entry_name(reference: str) -> str:
+  """'zoo:NAME' -> 'NAME'."""
+  return reference[len(PREFIX):]
 
 
 def available(weights_dir: str = WEIGHTS_DIR) -> tuple:
@@ -87,13 +96,20 @@ def check_compatible(metadata: Dict[str, Any], config, class_names: Sequence[str
              'classifier.kwargs': metadata['classifier']['kwargs'],
              'class names': metadata['class_names'],
              'data.image_size': int(metadata['dataset']['image_size'])}
+  _refuse_mismatch(wanted, shipped, f"Zoo classifier {metadata['name']!r}",
+                   "Set those fields as the zoo entry has them, or train a classifier with "
+                   "classifier.checkpoint=''.")
+  warn_if_other_data(metadata, config)
+
+
+def _refuse_mismatch(wanted: Dict[str, Any], shipped: Dict[str, Any], entry: str,
+                     fix: str) -> None:
+  """Raises a UserError naming every field whose config value `wanted` differs from the entry's
+  value `shipped`, and `fix`."""
   changed = [key for key in wanted if wanted[key] != shipped[key]]
   if changed:
     details = '; '.join(f'{key}: config {wanted[key]!r}, zoo {shipped[key]!r}' for key in changed)
-    raise errors.UserError(
-        f"Zoo classifier {metadata['name']!r} does not fit this config ({details}). Set those "
-        "fields as the zoo entry has them, or train a classifier with classifier.checkpoint=''.")
-  warn_if_other_data(metadata, config)
+    raise errors.UserError(f'{entry} does not fit this config ({details}). {fix}')
 
 
 def warn_if_other_data(metadata: Dict[str, Any], config) -> None:
@@ -126,27 +142,23 @@ def check_explainer_compatible(metadata: Dict[str, Any], config,
   shipped = {'explainer.name': metadata['explainer']['name'],
              'explainer.kwargs': strip(metadata['explainer']['kwargs']),
              'class names': metadata['class_names']}
-  changed = [key for key in wanted if wanted[key] != shipped[key]]
-  if changed:
-    details = '; '.join(f'{key}: config {wanted[key]!r}, zoo {shipped[key]!r}' for key in changed)
-    raise errors.UserError(
-        f"Zoo explainer start {metadata['name']!r} does not fit this config ({details}). Set "
-        "those fields as the zoo entry has them, or start from random weights with "
-        "explainer.init_from=''.")
+  _refuse_mismatch(wanted, shipped, f"Zoo explainer start {metadata['name']!r}",
+                   "Set those fields as the zoo entry has them, or start from random weights "
+                   "with explainer.init_from=''.")
   warn_if_other_data(metadata, config)
 
 
 def load(name: str, target: Dict[str, Any], weights_dir: str = WEIGHTS_DIR) -> Dict[str, Any]:
   """Entry `name`'s variables, restored into the structure of `target`."""
-  import hashlib  # pylint: disable=g-import-not-at-top
   metadata = read_metadata(name, weights_dir)
   _, weights_path = _paths(name, weights_dir)
   with open(weights_path, 'rb') as f:
     payload = f.read()
   if hashlib.sha256(payload).hexdigest() != metadata['sha256']:
     raise errors.UserError(f'{weights_path} does not match the sha256 in its .json: the file is '
-                           'damaged. Reinstall the package or re-run '
-                           'experiments/train_zoo_classifier.py.')
+                           "damaged. Reinstall the package or re-run the command in its .json "
+                           "('command': experiments/train_zoo_classifier.py or "
+                           'train_zoo_explainer.py).')
   state = flax.serialization.msgpack_restore(payload)
   try:
     return flax.serialization.from_state_dict(target, state)
@@ -158,10 +170,6 @@ def load(name: str, target: Dict[str, Any], weights_dir: str = WEIGHTS_DIR) -> D
 def provenance(config, variables: Dict[str, Any], payload: bytes) -> Dict[str, Any]:
   """The metadata every entry carries: its data, seed, size, sha256, the command that made it
   (this process's argv), date and library versions."""
-  import datetime  # pylint: disable=g-import-not-at-top
-  import hashlib  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
   return {
       'data': json.loads(config.data.to_json_best_effort()),
       'dataset': dataset_identity(config.data),
