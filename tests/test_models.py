@@ -118,3 +118,66 @@ def test_register_and_import_path():
   assert isinstance(classifiers.build('tiny_for_test', 3), classifiers.SimpleCNN)
   model = classifiers.build('tests.test_models:make_tiny', 3, scale=2.0)
   assert model.width == 4
+
+
+def _guided_filter_reference(guide, source, radius, eps):
+  """NumPy guided filter (He et al., colour guide), one image, windows cut at the borders."""
+  h, w, k = guide.shape
+
+  def box(a):
+    out = np.zeros_like(a)
+    for i in range(h):
+      for j in range(w):
+        out[i, j] = a[max(0, i - radius):i + radius + 1, max(0, j - radius):j + radius + 1
+                      ].mean(axis=(0, 1))
+    return out
+
+  slopes = np.zeros((h, w, k, source.shape[-1]))
+  offsets = np.zeros((h, w, source.shape[-1]))
+  for i in range(h):
+    for j in range(w):
+      g = guide[max(0, i - radius):i + radius + 1, max(0, j - radius):j + radius + 1]
+      s = source[max(0, i - radius):i + radius + 1, max(0, j - radius):j + radius + 1]
+      g, s = g.reshape(-1, k), s.reshape(-1, source.shape[-1])
+      gc, sc = g - g.mean(0), s - s.mean(0)
+      slopes[i, j] = np.linalg.solve(gc.T @ gc / len(g) + eps * np.eye(k), gc.T @ sc / len(g))
+      offsets[i, j] = s.mean(0) - g.mean(0) @ slopes[i, j]
+  return np.einsum('hwkc,hwk->hwc', box(slopes), guide) + box(offsets)
+
+
+@pytest.mark.parametrize('radius', [1, 5])
+def test_guided_filter_matches_the_windowed_ridge_fit(radius):
+  rng = np.random.default_rng(radius)
+  guide = rng.normal(size=(2, 7, 9, 3)).astype(np.float32)
+  source = rng.normal(size=(2, 7, 9, 4)).astype(np.float32)
+  out = np.asarray(layers.guided_filter(jnp.asarray(guide), jnp.asarray(source), radius, 0.1))
+  for b in range(2):
+    np.testing.assert_allclose(out[b], _guided_filter_reference(guide[b], source[b], radius, 0.1),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_guided_filter_sharpens_a_blurred_edge_at_the_guide_edge():
+  guide = np.zeros((1, 16, 16, 1), np.float32)
+  guide[:, :, 9:] = 1.0  # the edge lies between columns 8 and 9
+  ramp = np.clip((np.arange(16) - 8.5) / 4, -1, 1).astype(np.float32)  # steps of 0.25
+  source = np.broadcast_to(ramp[None, None, :, None], (1, 16, 16, 1))
+  out = np.asarray(layers.guided_filter(jnp.asarray(guide), jnp.asarray(source), 2, 1e-4))
+  row = out[0, 8, :, 0]
+  assert np.all(row[:9] < 0) and np.all(row[9:] > 0)
+  assert row[9] - row[8] > 0.6  # a jump at the guide's edge, not the source's ramp
+  assert np.all(np.diff(row) > 0)
+
+
+def test_guided_unet_has_the_variables_of_the_bilinear_one():
+  x = jax.random.normal(jax.random.key(2), (2, 30, 30, 3))
+  bilinear = models.build_explainer('unet', 4, width=4, depth=2, norm='batch', input_stride=2)
+  guided = models.build_explainer('unet', 4, width=4, depth=2, norm='batch', input_stride=2,
+                                  upsample='guided', guide_radius=1, guide_eps=0.01)
+  variables = bilinear.init(jax.random.key(0), x)
+  assert (jax.tree.structure(guided.init(jax.random.key(0), x))
+          == jax.tree.structure(variables))
+  out = guided.apply(variables, x)
+  assert out.shape == (2, 30, 30, 4) and np.all(np.isfinite(out))
+  assert not np.allclose(out, bilinear.apply(variables, x), atol=1e-3)
+  with pytest.raises(ValueError, match='upsample'):
+    models.build_explainer('unet', 4, upsample='nearest').init(jax.random.key(0), x)

@@ -181,6 +181,9 @@ def test_explainer_entry_is_checked_against_the_explainer_and_not_taken_for_a_cl
   rescaled = load_config('synthetic')
   rescaled.explainer.kwargs.logit_scale = 10.0  # changes no variable
   shipped.check_explainer_compatible(explainer_entry, rescaled, names)
+  guided = load_config('synthetic')
+  guided.explainer.kwargs.update(upsample='guided', guide_radius=1, guide_eps=0.5)  # neither
+  shipped.check_explainer_compatible(explainer_entry, guided, names)
   wider = load_config('synthetic')
   wider.explainer.kwargs.width = 32
   with pytest.raises(errors.UserError, match='explainer.kwargs'):

@@ -133,8 +133,8 @@ def check_explainer_compatible(metadata: Dict[str, Any], config,
         f"Zoo entry {metadata['name']!r} is not an explainer start (a classifier entry goes in "
         'classifier.checkpoint); explainer.init_from takes an entry made by '
         'experiments/train_zoo_explainer.py.')
-  # Scales and dtypes change no variable, so an entry serves any of them.
-  shape_free = ('logit_scale', 'dtype')
+  # Scales, dtypes and the upsampling change no variable, so an entry serves any of them.
+  shape_free = ('logit_scale', 'dtype', 'upsample', 'guide_radius', 'guide_eps')
   strip = lambda kwargs: {k: v for k, v in kwargs.items() if k not in shape_free}
   wanted = {'explainer.name': config.explainer.name,
             'explainer.kwargs': strip(config.explainer.kwargs.to_dict()),

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 
 from wysiwyc.models import layers
 
+UPSAMPLING = ('bilinear', 'guided')
+
 
 class UNet(nn.Module):
   """A U-Net with `depth` 2x downsamplings; width doubles at each level.
@@ -22,6 +24,12 @@ class UNet(nn.Module):
   lets the logits grow `logit_scale` times faster. A self-explainer needs it: its class logit
   is the spatial mean of its mask logits, so an object covering 5% of the image must reach a
   mask logit ~20x the class logit.
+
+  `upsample='guided'` brings the logits to input resolution with a guided filter whose guide is
+  the input image (windows of radius `guide_radius` input pixels, ridge `guide_eps` in the
+  normalized image's units; with `input_stride=2` the fast guided filter,
+  `layers.guided_upsample_2x`, replaces the bilinear upsampling): the mask edges snap to the
+  image's edges instead of following the half-resolution grid. It adds no variable.
   """
   num_classes: int
   width: int = 32
@@ -29,12 +37,17 @@ class UNet(nn.Module):
   norm: str = 'group'
   input_stride: int = 1
   logit_scale: float = 1.0
+  upsample: str = 'bilinear'
+  guide_radius: int = 2
+  guide_eps: float = 0.01
   dtype: Optional[jnp.dtype] = None
 
   @nn.compact
   def __call__(self, images, train: bool = False):
     chex.assert_rank(images, 4)
     b, h, w, _ = images.shape
+    if self.upsample not in UPSAMPLING:
+      raise ValueError(f'upsample must be one of {UPSAMPLING}, got {self.upsample!r}.')
     if self.input_stride not in (1, 2):
       raise ValueError(f'input_stride must be 1 or 2, got {self.input_stride}.')
     x = layers.pad_to_multiple(images, self.input_stride * 2 ** self.depth)
@@ -54,7 +67,13 @@ class UNet(nn.Module):
       x = layers.ConvBlock(features, self.norm, self.dtype)(x, train)
     logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype)(x).astype(jnp.float32)
     logits = self.logit_scale * logits
-    if self.input_stride == 2:
+    if self.upsample == 'guided':
+      guide = layers.pad_to_multiple(images, self.input_stride * 2 ** self.depth)
+      radius = max(1, self.guide_radius // self.input_stride)
+      logits = (layers.guided_upsample_2x(guide, logits, radius, self.guide_eps)
+                if self.input_stride == 2 else
+                layers.guided_filter(guide, logits, radius, self.guide_eps))
+    elif self.input_stride == 2:
       logits = jax.image.resize(logits, padded_shape + (self.num_classes,), 'bilinear')
     logits = logits[:, :h, :w]
     chex.assert_shape(logits, (b, h, w, self.num_classes))
