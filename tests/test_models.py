@@ -181,3 +181,15 @@ def test_guided_unet_has_the_variables_of_the_bilinear_one():
   assert not np.allclose(out, bilinear.apply(variables, x), atol=1e-3)
   with pytest.raises(ValueError, match='upsample'):
     models.build_explainer('unet', 4, upsample='nearest').init(jax.random.key(0), x)
+
+
+def test_guided_upsampling_puts_the_edge_where_the_full_resolution_guide_has_it():
+  guide = np.zeros((1, 16, 16, 3), np.float32)
+  guide[:, :, 7:] = 1.0  # an edge at an odd column, inside a 2x2 cell of the source's grid
+  source = np.where(np.arange(8) >= 4, 5.0, -5.0).astype(np.float32)  # edge between cells 3, 4
+  source = np.broadcast_to(source[None, None, :, None], (1, 8, 8, 1))
+  out = np.asarray(layers.guided_upsample_2x(jnp.asarray(guide), jnp.asarray(source), 2, 0.01))
+  bilinear = np.asarray(jax.image.resize(source, (1, 16, 16, 1), 'bilinear'))
+  assert out.shape == (1, 16, 16, 1)
+  assert np.all(out[0, :, :7, 0] < 0) and np.all(out[0, :, 7:, 0] > 0)
+  assert bilinear[0, 0, 7, 0] < 0  # bilinear upsampling keeps the source grid's edge
