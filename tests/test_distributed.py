@@ -1,6 +1,6 @@
 """Scaling and resilience on CPU: data parallelism over simulated devices, two processes over
-gloo, gradient accumulation, bfloat16 compute, exact resume after SIGKILL, SIGTERM preemption
-and damaged checkpoints.
+gloo, gradient accumulation, bfloat16 compute, the main job's results on three topologies, exact
+resume after SIGKILL, SIGTERM preemption and damaged checkpoints.
 
 JAX fixes its device count when it starts, so runs with several simulated CPU devices are
 subprocesses running a worker of this file: `python -m tests.test_distributed WORKER ARGS`.
@@ -132,12 +132,17 @@ def worker_multi_process(out: str, process_id: str, port: str) -> None:
                             num_processes=2, process_id=int(process_id), cpu_collectives='gloo')
   distributed.maybe_initialize(config)
   assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
+  mesh = train.create_mesh()
+  # The block of every global batch that the input pipeline gives this process.
   rows = GLOBAL_BATCH // jax.process_count()
-  start = jax.process_index() * rows
+  start = train.batch_block(mesh) * rows
   local_batch = {k: v[start:start + rows] for k, v in global_batch().items()}
-  outcome = explainer_steps(train.create_mesh(), local_batch)
+  assembled = train.fetch_global(train.shard_batch(local_batch, mesh))
+  outcome = explainer_steps(mesh, local_batch)
   if jax.process_index() == 0:
-    np.savez(out, **_as_arrays(outcome))
+    arrays = _as_arrays(outcome)
+    arrays['assembled_image'] = assembled['image']
+    np.savez(out, **arrays)
 
 
 WORKERS = {'single_process': worker_single_process, 'multi_process': worker_multi_process}
@@ -239,6 +244,8 @@ def test_two_processes_over_gloo_train_like_one_process(single_process_runs, tmp
   assert codes == [0, 0], '\n'.join(_log(log)[-3000:] for log in logs)
   _assert_same_training(_load(out), _load(single_process_runs, '4x1/'), 1e-5,
                         '2 processes x 2 devices vs 1 process x 4 devices')
+  with np.load(out) as data:  # Each process's block landed where it belongs in the global batch.
+    np.testing.assert_array_equal(data['assembled_image'], global_batch()['image'])
 
 
 # ------------------------------------------------------------------ mixed precision
@@ -418,6 +425,69 @@ def test_two_process_cli_preempted_on_one_host_stops_both_and_resumes(tmp_path):
   writers = {int(re.search(r'\.(\d+)\.\d+\.v2$', p).group(1)) for p in glob.glob(
       os.path.join(workdir, 'tensorboard', '*', 'events.out.tfevents.*'))}
   assert writers and writers <= process0_pids
+
+
+# ------------------------------------------------------------- topology-independent results
+
+# (processes, devices per process) of the main job runs compared with 1 process x 1 device.
+TOPOLOGIES = ((1, 1), (1, 4), (2, 2))
+MAX_EXAMPLES = 12  # of the smoke test split's 16: one global batch of 16 with 4 padding rows
+REFERENCE_METHODS = ('all_0', 'all_0.5', 'all_1', 'ground_truth')  # wysiwyc.evaluation's
+# What training produced (the Explainer's masks, the classifier's logits in `saliency`) agrees
+# to float rounding, grown over the steps; README "Training on GPUs and TPU pods".
+TOPOLOGY_TOLERANCE = 1e-4
+
+
+def _topology_args(workdir: str, data_dir: str, process_id: int, num_processes: int,
+                   port: int) -> list:
+  args = ['-m', 'wysiwyc.main', '--config=configs/synthetic.py:smoke', f'--workdir={workdir}',
+          f'--config.data.data_dir={data_dir}', f'--config.eval.max_examples={MAX_EXAMPLES}',
+          '--config.eval.num_figure_images=1']
+  if num_processes > 1:
+    args += ['--config.distributed.enabled=True', f'--config.distributed.process_id={process_id}',
+             f'--config.distributed.num_processes={num_processes}',
+             '--config.distributed.cpu_collectives=gloo',
+             f'--config.distributed.coordinator_address=127.0.0.1:{port}']
+  return args
+
+
+@pytest.fixture(scope='module')
+def topology_runs(tmp_path_factory) -> dict:
+  """{(processes, devices): results.json} of the main job at smoke size, all runs at once."""
+  from wysiwyc.data import pipeline  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('topologies')
+  data_dir = str(root / 'tfds')
+  pipeline.prepare(smoke_config(data_dir).data)  # Built once, before the runs read it.
+  started, logs = [], []
+  for processes, devices in TOPOLOGIES:
+    workdir, port = str(root / f'{processes}x{devices}'), _free_port()
+    for i in range(processes):
+      logs.append(f'{workdir}.{i}.log')
+      started.append(_start(_topology_args(workdir, data_dir, i, processes, port), logs[-1],
+                            num_cpu_devices=devices))
+  codes = _finish(started, timeout=2 * SUBPROCESS_TIMEOUT_S)  # 4 processes share the cores
+  assert codes == [0] * len(started), '\n'.join(_log(log)[-3000:] for log in logs)
+  results = {}
+  for processes, devices in TOPOLOGIES:
+    with open(root / f'{processes}x{devices}' / 'results.json') as f:
+      results[(processes, devices)] = json.load(f)
+  return results
+
+
+@pytest.mark.parametrize('processes,devices', TOPOLOGIES[1:])
+def test_main_job_results_do_not_depend_on_the_topology(topology_runs, processes, devices):
+  """The same test images, global batches and augmentation: the reference masks and the
+  classifier's accuracies score exactly the same, the rest to TOPOLOGY_TOLERANCE."""
+  reference, actual = topology_runs[(1, 1)], topology_runs[(processes, devices)]
+  assert actual['classifier']['num_test_images'] == MAX_EXAMPLES
+  assert sorted(actual) == sorted(reference)
+  for method, expected in reference.items():
+    assert sorted(actual[method]) == sorted(expected), method
+    for metric, value in expected.items():
+      exact = method == 'classifier' or (method in REFERENCE_METHODS and metric != 'saliency')
+      assert actual[method][metric] == pytest.approx(
+          value, rel=0, abs=0 if exact else TOPOLOGY_TOLERANCE), (
+              f'{processes} processes x {devices} devices: {method} {metric}')
 
 
 # ------------------------------------------------------------------ damaged checkpoints

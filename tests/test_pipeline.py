@@ -150,28 +150,55 @@ def test_evaluation_pads_the_last_batch(data_config, batch_size, expected):
   np.testing.assert_array_equal(stack(out, 'image'), stack(again, 'image'))
 
 
-@pytest.mark.parametrize('process_count,batch_size', [(2, 2), (3, 3)])
-def test_evaluation_slices_are_disjoint_cover_the_split_and_stay_in_step(
-    data_config, process_count, batch_size):
-  seen, lengths = [], []
-  for index in range(process_count):  # 10 examples: slices of 5+5 or 4+3+3
-    out = batches(data_config, 'validation', batch_size, training=False, process_index=index,
-                  process_count=process_count)
-    lengths.append(len(out))
-    seen += [fp for fp, ok in zip(fingerprints(stack(out, 'image')), stack(out, 'valid')) if ok]
-  everything = fingerprints(stack(batches(data_config, 'validation', 10, training=False),
-                                  'image'))
-  assert len(set(lengths)) == 1                      # same number of batches everywhere
-  assert sorted(seen) == sorted(everything)          # disjoint and covering
-  assert len(set(everything)) == 10
+def assemble(config, split, batch_size, process_count, **kwargs):
+  """The global batches as `process_count` processes make them: each process's block of every
+  global batch, concatenated in process order. Every process yields as many batches."""
+  parts = [batches(config, split, batch_size, process_index=index, process_count=process_count,
+                   **kwargs) for index in range(process_count)]
+  assert len({len(part) for part in parts}) == 1
+  return [{key: np.concatenate([part[i][key] for part in parts]) for key in parts[0][i]}
+          for i in range(len(parts[0]))]
 
 
-def test_training_slices_are_disjoint(data_config):
-  parts = [fingerprints(stack(batches(data_config, 'train', 2, training=True, process_index=i,
-                                      process_count=2), 'image')) for i in range(2)]
-  assert len(parts[0]) == len(parts[1]) == 10
-  everything = fingerprints(stack(batches(data_config, 'train', 20, training=False), 'image'))
-  assert sorted(parts[0] + parts[1]) == sorted(everything)
+def assert_same_batches(actual, expected):
+  assert len(actual) == len(expected)
+  for a, b in zip(actual, expected):
+    for key in b:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize('process_count,batch_size,max_examples', [
+    (2, 4, 0), (3, 6, 0), (2, 4, 7), (4, 4, 3)])
+def test_evaluation_batches_do_not_depend_on_the_number_of_processes(
+    data_config, process_count, batch_size, max_examples):
+  expected = batches(data_config, 'validation', batch_size, training=False,
+                     max_examples=max_examples)
+  assert stack(expected, 'valid').sum() == (max_examples or 10)
+  assert_same_batches(assemble(data_config, 'validation', batch_size, process_count,
+                               training=False, max_examples=max_examples), expected)
+
+
+def test_max_examples_keeps_the_first_examples_of_the_split(data_config):
+  everything = batches(data_config, 'validation', 10, training=False)[0]
+  first = batches(data_config, 'validation', 4, training=False, max_examples=7)
+  assert [b['valid'].sum() for b in first] == [4, 3]
+  np.testing.assert_array_equal(stack(first, 'image')[:7], everything['image'][:7])
+
+
+@pytest.mark.parametrize('process_count', [2, 4])
+def test_training_batches_do_not_depend_on_the_number_of_processes(data_config, process_count):
+  """The same examples, order and augmentation; also when resuming mid-epoch."""
+  augmented = variant(data_config, flip=True, color_jitter=0.4)
+  for skip_batches in (0, 3):
+    kwargs = dict(training=True, seed=3, epoch=1, skip_batches=skip_batches)
+    expected = batches(augmented, 'train', 4, **kwargs)
+    assert len(expected) == 5 - skip_batches  # 20 examples: 5 batches of 4
+    assert_same_batches(assemble(augmented, 'train', 4, process_count, **kwargs), expected)
+
+
+def test_batch_that_does_not_divide_over_processes_is_refused(data_config):
+  with pytest.raises(ValueError, match='dividing over process_count'):
+    pipeline.make_dataset(data_config, 'train', 6, training=True, seed=0, process_count=4)
 
 
 # ---------------------------------------------------------------------- shuffling, resuming

@@ -128,19 +128,18 @@ def evaluate_and_report(config, spec, workdir: str, mesh: Mesh, classifier, clas
   repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   eval_batch = jax.jit(make_eval_batch_fn(explainer, classifier, spec.multilabel),
                        in_shardings=(repl, repl, data), out_shardings=data)
+  # The split's first `max_examples` images (0: all), the same whatever the topology.
   dataset = pipeline.make_dataset(
-      config.data, 'test', train.local_batch_size(config.eval.batch_size), training=False,
-      seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
+      config.data, 'test', config.eval.batch_size, training=False, seed=config.seed,
+      process_index=train.batch_block(mesh), process_count=jax.process_count(),
+      max_examples=config.eval.get('max_examples', 0))
   per_method: Dict[str, list] = {}
   class_weights: Dict[str, list] = {}
   image_weights, classifier_chunks = [], []
   specificity = dict.fromkeys(SPECIFICITY_KEYS, 0.0)
   figure_batch: Optional[dict] = None
-  max_examples = config.eval.get('max_examples', 0)
   seen = 0
   for batch in pipeline.as_numpy(dataset):
-    if max_examples and seen >= max_examples:
-      break
     sharded = train.shard_batch(batch, mesh)
     # Every process gets the scores of the whole global batch (other processes' rows too).
     (scores, extras), valid = train.fetch_global(

@@ -102,8 +102,16 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
-def local_batch_size(global_batch_size: int) -> int:
-  return global_batch_size // jax.process_count()
+def batch_block(mesh: Mesh) -> int:
+  """Which of `jax.process_count()` equal contiguous blocks of every global batch this process
+  feeds: where `shard_batch` puts its rows (its devices' place on the `data` axis)."""
+  places = [i for i, device in enumerate(mesh.devices.flat)
+            if device.process_index == jax.process_index()]
+  size = mesh.devices.size // jax.process_count()
+  if places != list(range(places[0], places[0] + size)) or places[0] % size:
+    raise ValueError(f'Process {jax.process_index()} holds places {places} of the mesh, not one '
+                     f'block of {size} consecutive places.')
+  return places[0] // size
 
 
 def make_optimizer(train_config: ml_collections.ConfigDict,
@@ -475,7 +483,7 @@ def fit(stage: Stage, state: TrainState, config: ml_collections.ConfigDict, spec
     raise errors.UserError(f'{stage.name}: the train split has {spec.num_examples["train"]} examples, '
                      f'fewer than one batch of {tc.batch_size}; lower batch_size.')
   max_steps = tc.get('max_steps', 0) or tc.num_epochs * steps_per_epoch
-  local_bs = local_batch_size(tc.batch_size)
+  block = batch_block(mesh)
   is_main = jax.process_index() == 0
 
   def save_latest():
@@ -485,8 +493,8 @@ def fit(stage: Stage, state: TrainState, config: ml_collections.ConfigDict, spec
     while meta['epoch'] < tc.num_epochs and int(state.step) < max_steps:
       epoch = meta['epoch']
       dataset = pipeline.make_dataset(
-          config.data, 'train', local_bs, training=True, seed=config.seed, epoch=epoch,
-          skip_batches=meta['batch_in_epoch'], process_index=jax.process_index(),
+          config.data, 'train', tc.batch_size, training=True, seed=config.seed, epoch=epoch,
+          skip_batches=meta['batch_in_epoch'], process_index=block,
           process_count=jax.process_count())
       bar = tqdm.tqdm(total=steps_per_epoch, initial=meta['batch_in_epoch'], disable=not is_main,
                       desc=f'{stage.name} epoch {epoch + 1}/{tc.num_epochs}', unit='step',
@@ -517,9 +525,8 @@ def fit(stage: Stage, state: TrainState, config: ml_collections.ConfigDict, spec
       bar.close()
 
       val = evaluate(stage.eval_step, state.variables(), pipeline.as_numpy(pipeline.make_dataset(
-          config.data, 'validation', local_batch_size(config.eval.batch_size), training=False,
-          seed=config.seed, process_index=jax.process_index(),
-          process_count=jax.process_count())), mesh)
+          config.data, 'validation', config.eval.batch_size, training=False, seed=config.seed,
+          process_index=block, process_count=jax.process_count())), mesh)
       writer.scalars(int(state.step), {f'val/{k}': v for k, v in val.items()})
       train_means = {k: v / max(meta.get('epoch_train_count', 0), 1)
                      for k, v in train_sums.items()}

@@ -1,5 +1,8 @@
 """Input pipeline: TFDS -> tf.data -> numpy dicts for JAX, the same for every data set.
 
+One file past 400 lines: the adapter registry, the reading and the batching implement the one
+contract below together, and the data set modules register against it.
+
     spec = pipeline.prepare(config.data)            # builds the TFDS data once, returns a DataSpec
     ds = pipeline.make_dataset(config.data, 'train', 32, training=True, seed=0, epoch=3)
     for batch in pipeline.as_numpy(ds): ...
@@ -15,9 +18,16 @@ Training datasets are ONE epoch, shuffled deterministically from (seed, epoch), 
 deterministically from the same pair and the example's position in the epoch, cut into full
 batches and then `.skip(skip_batches)`: restarting with the same (seed, epoch, skip_batches)
 continues an interrupted epoch exactly. Evaluation datasets are in a fixed order without
-augmentation; the last batch is padded with `valid=False` rows, and every process yields
-the same number of batches. With several processes, each reads a disjoint slice of the split
-(`tfds.even_splits`) and `batch_size` is the per-process batch.
+augmentation, optionally cut to their first `max_examples`; the last batch is padded with
+`valid=False` rows.
+
+`batch_size` is the GLOBAL batch. With several processes, every process reads the same stream
+of undecoded records and keeps block `process_index` of `process_count` equal contiguous blocks
+of each global batch: it decodes and augments only its own rows, and the augmentation of a row
+depends on its global position. So the global batches (which examples, in which order, which
+augmentation) depend on the seed and the global batch size only, not on the number of processes,
+and every process yields the same number of batches. The price: each process reads (not
+decodes) every record of the split.
 
 `data_config` (an `ml_collections.ConfigDict`) fields:
   name            data set name, a key of the adapter registry (`known_datasets()`):
@@ -193,22 +203,27 @@ def missing_data(data_config: ml_collections.ConfigDict) -> List[str]:
 
 def make_dataset(data_config: ml_collections.ConfigDict, split: str, batch_size: int, *,
                  training: bool, seed: int, epoch: int = 0, skip_batches: int = 0,
-                 process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
-  """Batches of `split` for this process; see the module docstring for the contract."""
-  if batch_size < 1 or skip_batches < 0 or not 0 <= process_index < process_count:
-    raise ValueError(f'Need batch_size >= 1, skip_batches >= 0 and 0 <= process_index < '
-                     f'process_count; got {batch_size}, {skip_batches}, {process_index}, '
-                     f'{process_count}.')
+                 process_index: int = 0, process_count: int = 1,
+                 max_examples: int = 0) -> tf.data.Dataset:
+  """This process's block of each global batch of `batch_size` examples of `split`;
+  `max_examples` (evaluation only, 0 = all) keeps the split's first examples. See the module
+  docstring for the contract."""
+  if (batch_size < 1 or batch_size % process_count or skip_batches < 0 or max_examples < 0
+      or not 0 <= process_index < process_count or (training and max_examples)):
+    raise ValueError(f'Need batch_size >= 1 dividing over process_count, skip_batches >= 0, '
+                     f'0 <= process_index < process_count, max_examples >= 0 (0 in training); '
+                     f'got {batch_size}, {skip_batches}, {process_index}, {process_count}, '
+                     f'{max_examples}.')
   adapter = get_adapter(data_config.name)
   num_classes = len(adapter.class_names(_prepared_builder(adapter, data_config)))
   builder, split, source_adapter = _split_source(data_config, split)
   standardize = lambda example: _standardize(example, source_adapter, num_classes,
                                              int(data_config.image_size))
+  rows = _Rows(batch_size, process_index, process_count)
   if training:
-    return _training_dataset(builder, data_config, standardize, split, batch_size, seed, epoch,
-                             skip_batches, process_index, process_count)
-  return _evaluation_dataset(builder, standardize, split, batch_size, process_index,
-                             process_count)
+    return _training_dataset(builder, data_config, standardize, split, rows, seed, epoch,
+                             skip_batches)
+  return _evaluation_dataset(builder, standardize, split, rows, max_examples)
 
 
 def as_numpy(dataset: tf.data.Dataset) -> Iterator[Dict[str, np.ndarray]]:
@@ -271,10 +286,40 @@ def _epoch_key(seed: int, epoch: int) -> int:
   return int(state) & 0x7FFFFFFF
 
 
-def _process_split(split: str, process_index: int, process_count: int, drop_remainder: bool):
-  if process_count == 1:
-    return split
-  return tfds.even_splits(split, n=process_count, drop_remainder=drop_remainder)[process_index]
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+  """Block `index` of `count` equal contiguous blocks of every global batch of `batch_size`."""
+  batch_size: int
+  index: int
+  count: int
+
+  @property
+  def local(self) -> int:
+    return self.batch_size // self.count
+
+  def owns(self, position: tf.Tensor) -> tf.Tensor:
+    """Whether the example at `position` in the stream is one of this block's rows."""
+    return tf.equal(position % self.batch_size // self.local, self.index)
+
+  def owned(self, num_examples: int) -> int:
+    """How many of the first `num_examples` examples of the stream are this block's rows."""
+    full, rest = divmod(num_examples, self.batch_size)
+    return full * self.local + min(max(rest - self.index * self.local, 0), self.local)
+
+
+class _Undecoded(tfds.decode.SkipDecoding):
+  """Leaves a feature as stored, also in sequences (where SkipDecoding maps over the elements)."""
+
+  def decode_batch_example(self, serialized_example):
+    return serialized_example
+
+
+def _read_undecoded(builder, split: str, **kwargs) -> Tuple[tf.data.Dataset, Callable]:
+  """(the split's records parsed but not decoded, the function that decodes one): filtering
+  before decoding keeps the cost of dropping other processes' rows to reading them."""
+  features = builder.info.features
+  skip = tf.nest.map_structure(lambda _: _Undecoded(), features.get_serialized_info())
+  return builder.as_dataset(split=split, decoders=skip, **kwargs), features.decode_example
 
 
 def _resize(images: tf.Tensor, size: int, method: str) -> tf.Tensor:
@@ -343,49 +388,52 @@ def _finalize(example, valid=True):
           'valid': tf.constant(valid)}
 
 
-def _training_dataset(builder, data_config, standardize, split, batch_size, seed, epoch,
-                      skip_batches, process_index, process_count):
-  local_split = _process_split(split, process_index, process_count, drop_remainder=True)
-  num_local = builder.info.splits[local_split].num_examples
-  if num_local < batch_size:
-    raise errors.UserError(f'Split {split!r} gives this process {num_local} examples, fewer '
-                           f'than one batch of {batch_size}.')
+def _training_dataset(builder, data_config, standardize, split, rows: _Rows, seed, epoch,
+                      skip_batches):
+  num_examples = builder.info.splits[split].num_examples
+  if num_examples < rows.batch_size:
+    raise errors.UserError(f'Split {split!r} has {num_examples} examples, fewer than one batch '
+                           f'of {rows.batch_size}.')
   key = _epoch_key(seed, epoch)
   flip = bool(data_config.get('flip', False))
   jitter = float(data_config.get('color_jitter', 0.0))
   buffer = int(data_config.get('shuffle_buffer', 10_000))
-  dataset = builder.as_dataset(split=local_split, shuffle_files=True,
-                               read_config=tfds.ReadConfig(shuffle_seed=key))
-  dataset = dataset.shuffle(min(buffer, num_local), seed=key, reshuffle_each_iteration=False)
-  dataset = dataset.enumerate()   # position in the epoch: seeds this example's augmentation
-  # Skipping whole batches' worth of examples before decoding equals skipping batches after
-  # batching with drop_remainder, and is cheaper.
-  dataset = dataset.skip(skip_batches * batch_size)
+  dataset, decode = _read_undecoded(builder, split, shuffle_files=True,
+                                    read_config=tfds.ReadConfig(shuffle_seed=key))
+  dataset = dataset.shuffle(min(buffer, num_examples), seed=key, reshuffle_each_iteration=False)
+  # Position in the epoch, the same in every process: seeds this example's augmentation.
+  dataset = dataset.enumerate()
+  # Full global batches only, so that every process yields as many batches. Skipping whole
+  # batches' worth of examples before decoding equals skipping batches after batching.
+  dataset = dataset.take(num_examples // rows.batch_size * rows.batch_size)
+  dataset = dataset.skip(skip_batches * rows.batch_size)
+  dataset = dataset.filter(lambda position, _: rows.owns(position))
 
   def process(position, example):
-    augmented = _augment(standardize(example), tf.stack([tf.constant(key, tf.int64), position]),
-                         flip, jitter)
+    augmented = _augment(standardize(decode(example)),
+                         tf.stack([tf.constant(key, tf.int64), position]), flip, jitter)
     return _finalize(augmented)
 
   dataset = dataset.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return dataset.batch(rows.local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def _evaluation_dataset(builder, standardize, split, batch_size, process_index, process_count):
-  local_splits = [_process_split(split, index, process_count, drop_remainder=False)
-                  for index in range(process_count)]
-  counts = [builder.info.splits[s].num_examples for s in local_splits]
-  # Every process yields as many batches as the largest slice needs (collectives stay in step).
-  num_batches = math.ceil(max(counts) / batch_size)
-  padding = num_batches * batch_size - counts[process_index]
-  dataset = builder.as_dataset(split=local_splits[process_index], shuffle_files=False)
-  dataset = dataset.map(lambda example: _finalize(standardize(example)),
+def _evaluation_dataset(builder, standardize, split, rows: _Rows, max_examples: int):
+  num_examples = builder.info.splits[split].num_examples
+  if max_examples:
+    num_examples = min(num_examples, max_examples)
+  # Every process yields as many batches (collectives stay in step); padding ends the last one.
+  padding = math.ceil(num_examples / rows.batch_size) * rows.local - rows.owned(num_examples)
+  dataset, decode = _read_undecoded(builder, split, shuffle_files=False)
+  dataset = dataset.take(num_examples).enumerate()
+  dataset = dataset.filter(lambda position, _: rows.owns(position))
+  dataset = dataset.map(lambda _, example: _finalize(standardize(decode(example))),
                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if padding:
     blank = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype),
                                   dataset.element_spec)  # valid = False
     dataset = dataset.concatenate(tf.data.Dataset.from_tensors(blank).repeat(padding))
-  return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return dataset.batch(rows.local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 # The real data sets register themselves on import; they need the definitions above.
