@@ -6,6 +6,9 @@
   filling and blurring all lower): every perturbation method must put its mass there.
 - `FeatureMeanModel`: the logit of class c is the spatial mean of feature map c, so Grad-CAM
   and Grad-CAM++ equal that (ReLU'd) map.
+- `SquareEvidenceModel`: class 0 reads only the mean of a 16 px square of a 64 px image, with
+  logits that move as much as the shipped synthetic classifier's: Extremal Perturbations must
+  keep that square.
 Plus NumPy references (RISE, occlusion, guided backprop, Grad-CAM on SimpleCNN, the ridge fit),
 determinism under a key, independence of the chunk size and a compiled-memory bound.
 """
@@ -408,13 +411,48 @@ def test_slic_superpixels_follow_flat_regions():
 
 
 def test_extremal_perturbation_keeps_the_read_quadrant(quadrant):
-  """With logits that move by tens (as VGG's do), for which TorchRay's area weight is made."""
+  """With logits that move by tens (as VGG's do), for which TorchRay's area weight is made.
+  No jitter: a left-right flip moves the quadrant the model reads."""
   _, variables, images = quadrant
   classifier = attribution.Classifier(QuadrantModel(scale=40.0))
   maps = assert_maps(extremal.extremal_perturbation(
-      classifier, variables, images, areas=(0.25,), num_iterations=150, chunk_size=8),
-      images, 4)
+      classifier, variables, images, areas=(0.25,), num_iterations=150, chunk_size=8,
+      jitter=False), images, 4)
   assert_in_quadrants(maps, min_top_fraction=0.6)  # smooth masks spill over the edges
+
+
+class SquareEvidenceModel(nn.Module):
+  """Class 0: scale * the mean of x over the square EVIDENCE (64 px images); class 1: 0."""
+  scale: float = 20.0
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    del train
+    evidence = images[:, EVIDENCE[0], EVIDENCE[1]].mean(axis=(1, 2, 3))
+    return jnp.stack([self.scale * evidence, jnp.zeros_like(evidence)], -1)
+
+
+EVIDENCE = (slice(20, 36), slice(24, 40))  # left-right symmetric, as TorchRay's jitter flips
+
+
+def test_extremal_perturbation_keeps_the_evidence_of_moderate_logits():
+  """Regression: at 64 px, with a logit that drops by ~19 when the evidence is blurred away (the
+  shipped synthetic classifier's drop by 5-20 when their object is), the mask keeps the
+  evidence. The old mask (a Gaussian of clipped cells, edge padded) could not make a small
+  plateau of 1s inside the image, paid less area penalty at the border, and went there."""
+  image = np.full((1, 64, 64, 3), -1.0, np.float32)
+  image[0, EVIDENCE[0], EVIDENCE[1]] = 1.0
+  inside = np.zeros((64, 64), bool)
+  inside[EVIDENCE] = True
+  iterations = 60  # TorchRay's 800-step schedule compressed
+  mask = np.asarray(extremal.extremal_perturbation(
+      attribution.Classifier(SquareEvidenceModel()), {}, jnp.asarray(image),
+      key=jax.random.key(0), areas=(0.05,), num_iterations=iterations,
+      learning_rate=0.01 * 800 / iterations, area_weight_growth=1.0035 ** (800 / iterations),
+      classes=np.array([[True, False]])))[0, :, :, 0]
+  assert inside.ravel()[np.argmax(mask)]
+  assert mask[inside].mean() > mask[~inside].mean() + 0.4, (mask[inside].mean(),
+                                                             mask[~inside].mean())
 
 
 def test_extremal_perturbation_only_explains_the_requested_pairs(quadrant):
@@ -433,7 +471,7 @@ def test_extremal_perturbation_is_deterministic_per_key_and_chunk_independent(qu
   classifier, variables, images = quadrant
   run = lambda key, chunk: np.asarray(extremal.extremal_perturbation(
       classifier, variables, images, key=key, areas=(0.25,), num_iterations=3,
-      chunk_size=chunk, normalize=False))
+      chunk_size=chunk, normalize=False, init_noise=0.01))  # the key draws the initial noise
   first = run(jax.random.key(1), 3)
   np.testing.assert_array_equal(first, run(jax.random.key(1), 3))
   np.testing.assert_allclose(first, run(jax.random.key(1), 8), atol=1e-6)
@@ -443,9 +481,24 @@ def test_extremal_perturbation_is_deterministic_per_key_and_chunk_independent(qu
 def test_extremal_area_reference_and_masks():
   reference = extremal.area_reference(100, 0.3)
   assert reference.sum() == 30 and np.all(np.diff(reference) >= 0)
+  assert extremal.area_reference(140, 0.3, image_pixels=100).sum() == 30  # margin: more values
   masks = extremal.mask_from_parameters(jnp.asarray(np.random.default_rng(0).normal(
-      0.5, 1, (2, 4, 4)), jnp.float32), SIZE, SIZE, 1.0)
+      0.5, 1, (2, 4, 4)), jnp.float32), SIZE, SIZE, step=4, sigma=4.0)
   assert masks.shape == (2, SIZE, SIZE) and float(masks.min()) >= 0 and float(masks.max()) <= 1
+  # One cell kept (centred on pixel 8, 8): a plateau of 1s out to sigma/2, ~0 past 2 sigma.
+  cell = np.zeros((1, 8, 8), np.float32)
+  cell[0, 4, 4] = 1.0
+  mask = np.asarray(extremal.mask_from_parameters(jnp.asarray(cell), SIZE, SIZE, step=2,
+                                                  sigma=4.0))[0]
+  assert mask[8, 8] > 0.99 and mask[8, 10] > 0.99 and mask[10, 8] > 0.99
+  assert mask[0, 0] < 0.02 and mask[8, 0] < 0.05
+  # Mask 1 reads the image, mask 0 the most blurred level.
+  images = images_of(5)
+  pyramid = extremal.blur_pyramid(images, 8, 2.0)
+  kept = extremal.perturb(pyramid, jnp.stack([jnp.ones((2, SIZE, SIZE)),
+                                              jnp.zeros((2, SIZE, SIZE))], axis=1))
+  np.testing.assert_allclose(kept[:, 0], images, atol=1e-6)
+  np.testing.assert_allclose(kept[:, 1], common.gaussian_blur(images, 2.0), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------- registry

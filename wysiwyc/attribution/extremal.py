@@ -1,60 +1,148 @@
-"""Extremal Perturbations (Fong, Patrick & Vedaldi 2019), preservation variant, with optax.
+"""Extremal Perturbations (Fong, Patrick & Vedaldi 2019): the preservation game, as in TorchRay.
 
-For each (image, class) pair and each target area a, a smooth mask m is optimized so that the
-image that keeps m and blurs the rest scores high for the class, while the sorted mask values
-stay close to a step with a fraction a of ones:
+For each (image, class) pair and each target area a, mask parameters p are optimized so that the
+image that keeps the mask m(p) and blurs the rest scores high for the class, while the sorted
+values of m stay close to a step with a * H * W ones:
 
-    loss_a(m) = -reward(x * m + blur(x) * (1 - m)) + lambda_t * mean((sort(m) - r_a)^2)
+    energy_a(p) = reward(perturb(x, m(p))) - lambda_t * mean((sort(m(p)) - r_a)^2)
 
-with lambda_t = area_weight * area_weight_growth^t (TorchRay: 300 * 1.0035^t), from m = 1.
+maximized with lambda_t = area_weight * area_weight_growth^t (300 * 1.0035^t). As TorchRay's
+`extremal_perturbation` (variant 'preserve', perturbation 'blur', contrastive reward):
 
-- m: parameters on a grid of ceil(H/step) x ceil(W/step) cells in [0,1], starting at 1 (minus
-  `init_noise` * U(0,1), from `key`, to break the sort's ties at random) and clipped after each step of TorchRay's optimizer (SGD, lr 0.01, momentum and dampening 0.9,
-  as `optax.sgd`), smoothed by a Gaussian of `smoothing` cells and bilinearly upsampled. (TorchRay
-  smooths with a smooth-max convolution; a plain Gaussian is used here.) Defaults scale the
-  authors' 224-pixel settings (step 7, sigma 21 px, blur sigma 20 px) to the image size.
-- reward: 'contrastive' (the authors' choice) is logit_c - max over other classes of the logit;
-  'logit' is logit_c.
-- Final mask per pair, as the authors: the smallest area whose perturbed image scores at least
-  as high for the class as the original image, else the largest area.
+- m(p): parameters on a grid of ceil(H/step) x ceil(W/step) cells, all 1 at the start; each
+  cell is a bump of radius `sigma` px (flat to sigma/2), and a pixel takes the smooth max
+  (softmax of coldness 20) of the bumps of the cells around it, so a kept region is a plateau
+  of 1s of any size. The mask extends `sigma` px past every border and the sort runs over that
+  margin too: a region at the border pays for what spills over it.
+- perturb(x, m): a pyramid of `num_levels` blurs of x, sigma_l = max_blur * (1 - l/(L-1)), the
+  last level x itself; a pixel of mask value m is read at level m*(L-1), linearly interpolated.
+- reward: 'contrastive' is logit_c - max over the other classes; 'logit' is logit_c. With
+  `jitter`, every other step shows the classifier the images flipped left-right (this assumes
+  a flip-invariant classifier; turn it off otherwise).
+- torch's SGD, momentum and dampening 0.9, lr 0.01; parameters clipped to [0,1] after each step.
+- Final mask per pair, as in the paper: the smallest area whose perturbed image scores at least
+  as high (logit) as the original image, else the largest area.
 
-All pairs and areas are optimized together as one summed loss (the problems share no
-parameter, so they stay independent), `chunk_size` pairs at a time (chunk_size * len(areas)
-images per pass). The area weight is calibrated, as in TorchRay, for classifiers whose logits
-move by several units when the object is blurred away; with flatter logits the area term wins
-and the mask follows the initial noise instead of the evidence.
+Deliberate departures from TorchRay: area a means a * H * W ones in the reference (TorchRay: a
+fraction a of the mask with its margin, ~1.35x more pixels); the blur pads by repeating the
+edge, kernel cut at 3 sigma (`common.gaussian_blur`; TorchRay: zeros, 4 sigma); step, sigma
+and max_blur default to the authors' 224-pixel values (7, 21, 20) scaled to the image side;
+the returned mask is moved by `tie_break` (1e-3) towards itself blurred with sigma = 0.09 *
+side, the smoothing of TorchRay's pointing benchmark, so that a plateau of 1s peaks at its
+centre and not at its first pixel in raster order; `init_noise` > 0 (default 0, TorchRay's
+start) subtracts init_noise * U(0,1), drawn from `key`, from the initial parameters. All pairs
+and areas are optimized together as one summed energy (the problems share no parameter, so
+they stay independent), `chunk_size` pairs at a time.
 """
 
 import functools
 import math
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from wysiwyc.attribution import common
 
 PAPER_AREAS = (0.05, 0.1, 0.2, 0.3)
 REWARDS = ('contrastive', 'logit')
+COLDNESS = 20.0  # of the smooth max over the cells around a pixel (TorchRay's MaskGenerator)
+POINTING_SMOOTHING = 0.09  # TorchRay's benchmark blurs its maps by 0.09 * side before the argmax
 
 
-def mask_from_parameters(params: jnp.ndarray, height: int, width: int,
-                         smoothing: float) -> jnp.ndarray:
-  """(N,h,w) parameters -> (N,H,W) smooth masks in [0,1]."""
-  clipped = jnp.clip(params, 0.0, 1.0)[..., None]
-  smooth = common.gaussian_blur(clipped, smoothing)[..., 0]
-  return jnp.clip(jax.image.resize(smooth, (params.shape[0], height, width), 'bilinear'), 0, 1)
+class AxisGeometry(NamedTuple):
+  """One axis of TorchRay's mask generator (sizes in cells or pixels)."""
+  cells: int    # parameters along the axis: ceil(size / step)
+  padding: int  # zero cells added on each side before gathering neighbours
+  window: int   # neighbouring cells per pixel: 2 * radius + 1
+  mid: int      # cell positions gathered: cells + 2 * padding - window + 1
+  out: int      # mask pixels, with a margin of sigma px before the image: step * mid - step + 1
 
 
-def area_reference(num_pixels: int, area: float) -> np.ndarray:
-  """Sorted (ascending) target values: the last round(area * HW) are 1, the rest 0."""
+def axis_geometry(size: int, step: int, sigma: float) -> AxisGeometry:
+  """The layout of the mask along one image axis of `size` pixels."""
+  cells = math.ceil(size / step)
+  padding = 1 + math.ceil(2 * sigma / step)  # TorchRay: margin (= sigma) + sigma
+  window = 2 * (1 + math.ceil(sigma / step)) + 1
+  mid = cells + 2 * padding - window + 1
+  return AxisGeometry(cells, padding, window, mid, step * mid - step + 1)
+
+
+def bump(distance: np.ndarray) -> np.ndarray:
+  """A cell's weight at `distance` (in units of sigma): 1 up to 1/2, then a Gaussian fall."""
+  return np.exp(-2.0 * np.maximum(distance - 0.5, 0.0) ** 2)
+
+
+def neighbour_weights(rows: AxisGeometry, cols: AxisGeometry, step: int,
+                      sigma: float) -> np.ndarray:
+  """(window^2, step, step): the bump of each neighbouring cell of a pixel, by the pixel's
+  position in its step x step block (the only thing the weights depend on).
+
+  Pixel u = step * j + r (margin included) reads cells j + k - padding, k < window, centred at
+  margin + step * cell pixels (margin = sigma).
+  """
+  def offsets(axis: AxisGeometry):  # (window, step): pixel minus cell centre
+    return (np.arange(step)[None, :] - sigma
+            - step * (np.arange(axis.window)[:, None] - axis.padding)).astype(np.float64)
+
+  dy, dx = offsets(rows), offsets(cols)
+  distance = np.sqrt(dy[:, None, :, None] ** 2 + dx[None, :, None, :] ** 2) / sigma
+  return bump(distance).reshape(rows.window * cols.window, step, step).astype(np.float32)
+
+
+def full_masks(params: jnp.ndarray, height: int, width: int, step: int,
+               sigma: float) -> jnp.ndarray:
+  """(N,h,w) parameters -> (N, rows.out, cols.out) masks in [0,1], margin included."""
+  rows, cols = axis_geometry(height, step, sigma), axis_geometry(width, step, sigma)
+  padded = jnp.pad(params, ((0, 0), (rows.padding,) * 2, (cols.padding,) * 2))
+  gathered = jnp.stack([padded[:, i:i + rows.mid, j:j + cols.mid]
+                        for i in range(rows.window) for j in range(cols.window)], axis=1)
+  weights = jnp.asarray(neighbour_weights(rows, cols, step, sigma))
+  terms = gathered[:, :, :, None, :, None] * weights[:, None, :, None, :]  # (N,K,mid,r,mid,r)
+  # Softmax of coldness 20 over the K terms, written out: terms lie in [0,1], so exp cannot
+  # overflow and no max needs subtracting.
+  scores = jnp.exp(COLDNESS * terms)
+  smooth_max = jnp.sum(terms * scores, axis=1) / jnp.sum(scores, axis=1)
+  smooth_max = smooth_max.reshape(params.shape[0], step * rows.mid, step * cols.mid)
+  return jnp.clip(smooth_max[:, :rows.out, :cols.out], 0.0, 1.0)
+
+
+def crop_to_image(masks: jnp.ndarray, height: int, width: int, sigma: float) -> jnp.ndarray:
+  """Drops the margin (round(sigma) px, as TorchRay) of (N, out_rows, out_cols) masks: (N,H,W)."""
+  margin = round(sigma)
+  return masks[:, margin:margin + height, margin:margin + width]
+
+
+def mask_from_parameters(params: jnp.ndarray, height: int, width: int, step: int,
+                         sigma: float) -> jnp.ndarray:
+  """(N,h,w) parameters -> (N,H,W) smooth masks in [0,1] over the image."""
+  return crop_to_image(full_masks(params, height, width, step, sigma), height, width, sigma)
+
+
+def area_reference(num_pixels: int, area: float,
+                   image_pixels: Optional[int] = None) -> np.ndarray:
+  """Sorted (ascending) targets for `num_pixels` mask values: the last round(area * image_pixels)
+  are 1 (image_pixels: by default num_pixels), the rest 0."""
   reference = np.zeros(num_pixels, np.float32)
-  ones = int(round(area * num_pixels))
+  ones = min(num_pixels, int(round(area * (image_pixels or num_pixels))))
   if ones:
     reference[-ones:] = 1.0
   return reference
+
+
+def blur_pyramid(images: jnp.ndarray, num_levels: int, max_blur: float) -> jnp.ndarray:
+  """(L,N,H,W,3): level l blurred with sigma max_blur * (1 - l/(L-1)); the last is `images`."""
+  return jnp.stack([common.gaussian_blur(images, max_blur * (1.0 - level / (num_levels - 1)))
+                    for level in range(num_levels)])
+
+
+def perturb(pyramid: jnp.ndarray, masks: jnp.ndarray) -> jnp.ndarray:
+  """Pyramid (L,P,H,W,3), masks (P,A,H,W) -> (P,A,H,W,3): each pixel read at level m*(L-1)."""
+  num_levels = pyramid.shape[0]
+  levels = jnp.arange(num_levels, dtype=masks.dtype).reshape((num_levels, 1, 1, 1, 1))
+  weights = jax.nn.relu(1.0 - jnp.abs(masks[None] * (num_levels - 1) - levels))
+  return jnp.einsum('lpahw,lphwc->pahwc', weights, pyramid)
 
 
 def _reward(logits: jnp.ndarray, classes: jnp.ndarray, kind: str) -> jnp.ndarray:
@@ -65,61 +153,62 @@ def _reward(logits: jnp.ndarray, classes: jnp.ndarray, kind: str) -> jnp.ndarray
   return own - others.max(-1)
 
 
+def sgd_step(params, velocity, grads, first, learning_rate: float, momentum: float):
+  """torch.optim.SGD with dampening = momentum: the buffer starts at the first gradient."""
+  velocity = jnp.where(first, grads, momentum * velocity + (1.0 - momentum) * grads)
+  return jnp.clip(params - learning_rate * velocity, 0.0, 1.0), velocity
+
+
 @functools.partial(jax.jit, static_argnames=(
-    'classifier', 'areas', 'num_iterations', 'learning_rate', 'momentum', 'step', 'smoothing',
-    'blur_sigma', 'area_weight', 'area_weight_growth', 'reward', 'init_noise'))
+    'classifier', 'areas', 'num_iterations', 'learning_rate', 'momentum', 'step', 'sigma',
+    'max_blur', 'num_levels', 'area_weight', 'area_weight_growth', 'reward', 'jitter',
+    'init_noise'))
 def optimize_masks(classifier: common.Classifier, variables, images, classes, keys, *,
                    areas: Sequence[float], num_iterations: int, learning_rate: float,
-                   momentum: float, step: int,
-                   smoothing: float, blur_sigma: float, area_weight: float,
-                   area_weight_growth: float, reward: str, init_noise: float) -> jnp.ndarray:
+                   momentum: float, step: int, sigma: float, max_blur: float, num_levels: int,
+                   area_weight: float, area_weight_growth: float, reward: str, jitter: bool,
+                   init_noise: float) -> jnp.ndarray:
   """Optimized masks (P,A,H,W) for P (image, class) pairs: images (P,H,W,3), classes (P,),
-  keys (P,) for the initial tie-breaking noise."""
+  keys (P,) for the initial noise (if init_noise > 0)."""
   num_pairs, height, width = images.shape[:3]
   num_areas = len(areas)
-  blurred = common.gaussian_blur(images, blur_sigma)
-  references = jnp.asarray(np.stack([area_reference(height * width, a) for a in areas]))
-  tiled = lambda x: jnp.repeat(x, num_areas, axis=0)  # pair-major: index = pair * A + area
-  images_t, blurred_t, classes_t = tiled(images), tiled(blurred), tiled(classes)
-  references_t = jnp.tile(references, (num_pairs, 1))
+  pyramid = blur_pyramid(images, num_levels, max_blur)
+  rows, cols = axis_geometry(height, step, sigma), axis_geometry(width, step, sigma)
+  references = jnp.asarray(np.stack([area_reference(rows.out * cols.out, a, height * width)
+                                     for a in areas]))
+  classes_t = jnp.repeat(classes, num_areas)  # pair-major: index = pair * A + area
 
-  def loss_fn(params, weight):
-    masks = mask_from_parameters(params, height, width, smoothing)
-    kept = masks[..., None] * images_t + (1.0 - masks[..., None]) * blurred_t
+  def energy(params, t):
+    masks = full_masks(params, height, width, step, sigma)
+    kept = perturb(pyramid, crop_to_image(masks, height, width, sigma).reshape(
+        (num_pairs, num_areas, height, width))).reshape((-1, height, width, 3))
+    if jitter:
+      kept = jnp.where(t % 2 == 0, kept[:, :, ::-1], kept)
     rewards = _reward(classifier.logits(variables, kept), classes_t, reward)
-    area_terms = jnp.mean((jnp.sort(masks.reshape(masks.shape[0], -1), axis=-1)
-                           - references_t) ** 2, axis=-1)
-    # Summed, not averaged, over the independent problems: each keeps its own gradient scale.
-    return jnp.sum(-rewards + weight * area_terms)
-
-  # TorchRay's SGD (momentum 0.9, dampening 0.9) is optax's momentum SGD with lr * (1 - 0.9).
-  optimizer = optax.sgd(learning_rate * (1.0 - momentum), momentum=momentum)
-  grid = (math.ceil(height / step), math.ceil(width / step))
-  # TorchRay starts from 1 everywhere (the whole image kept). A little noise breaks the ties
-  # of the sort at random instead of in raster order, which would otherwise favour the
-  # bottom rows whenever the reward's gradient is weak.
-  noise = jax.vmap(lambda k: jax.random.uniform(k, (num_areas,) + grid))(keys)
-  params = 1.0 - init_noise * noise.reshape((num_pairs * num_areas,) + grid)
+    sorted_masks = jnp.sort(masks.reshape(masks.shape[0], -1), axis=-1)
+    area_terms = jnp.mean((sorted_masks.reshape(num_pairs, num_areas, -1) - references) ** 2, -1)
+    weight = area_weight * area_weight_growth ** t.astype(jnp.float32)
+    return jnp.sum(rewards) - weight * jnp.sum(area_terms)
 
   def update(carry, t):
-    params, opt_state = carry
-    grads = jax.grad(loss_fn)(params, area_weight * area_weight_growth ** t)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (jnp.clip(optax.apply_updates(params, updates), 0.0, 1.0), opt_state), None
+    params, velocity = carry
+    grads = jax.grad(lambda p: -energy(p, t))(params)
+    return sgd_step(params, velocity, grads, t == 0, learning_rate, momentum), None
 
-  (params, _), _ = jax.lax.scan(update, (params, optimizer.init(params)),
-                                jnp.arange(num_iterations, dtype=jnp.float32))
-  masks = mask_from_parameters(params, height, width, smoothing)
+  noise = jax.vmap(lambda k: jax.random.uniform(k, (num_areas, rows.cells, cols.cells)))(keys)
+  params = 1.0 - init_noise * noise.reshape((num_pairs * num_areas, rows.cells, cols.cells))
+  (params, _), _ = jax.lax.scan(update, (params, jnp.zeros_like(params)),
+                                jnp.arange(num_iterations))
+  masks = mask_from_parameters(params, height, width, step, sigma)
   return masks.reshape(num_pairs, num_areas, height, width)
 
 
-@functools.partial(jax.jit, static_argnames=('classifier', 'blur_sigma'))
+@functools.partial(jax.jit, static_argnames=('classifier', 'max_blur', 'num_levels'))
 def select_area(classifier: common.Classifier, variables, images, classes, masks, *,
-                blur_sigma: float) -> jnp.ndarray:
+                max_blur: float, num_levels: int) -> jnp.ndarray:
   """(P,H,W): per pair, the mask of the smallest area whose kept image scores >= the original."""
   num_pairs, num_areas = masks.shape[:2]
-  blurred = common.gaussian_blur(images, blur_sigma)
-  kept = (masks[..., None] * images[:, None] + (1.0 - masks[..., None]) * blurred[:, None])
+  kept = perturb(blur_pyramid(images, num_levels, max_blur), masks)
   logits = classifier.logits(variables, kept.reshape((-1,) + images.shape[1:]))
   own = jnp.take_along_axis(logits.reshape(num_pairs, num_areas, -1),
                             classes[:, None, None], axis=-1)[..., 0]
@@ -130,19 +219,29 @@ def select_area(classifier: common.Classifier, variables, images, classes, masks
   return jnp.take_along_axis(masks, chosen[:, None, None, None], axis=1)[:, 0]
 
 
+def break_ties(masks: jnp.ndarray, weight: float) -> jnp.ndarray:
+  """(N,H,W) masks, each moved by `weight` towards itself blurred with sigma = 0.09 * side:
+  a plateau of 1s then peaks at its centre, not at its first pixel in raster order."""
+  if weight <= 0:
+    return masks
+  sigma = POINTING_SMOOTHING * min(masks.shape[1:])
+  return (1.0 - weight) * masks + weight * common.gaussian_blur(masks[..., None], sigma)[..., 0]
+
+
 def default_hyperparameters(height: int) -> dict:
-  """The authors' 224-pixel settings scaled to the image side."""
-  step = max(1, round(7 * height / 224))
-  return {'step': step, 'smoothing': 21.0 * height / 224 / step, 'blur_sigma': 20.0 * height / 224}
+  """The authors' 224-pixel settings (step 7, sigma 21, max blur 20) scaled to the image side."""
+  scale = height / 224
+  return {'step': max(1, round(7 * scale)), 'sigma': 21.0 * scale, 'max_blur': 20.0 * scale}
 
 
 def extremal_perturbation(classifier: common.Classifier, variables, images, *, key=None,
                           areas: Sequence[float] = PAPER_AREAS, num_iterations: int = 800,
                           learning_rate: float = 0.01, momentum: float = 0.9,
-                          step: Optional[int] = None,
-                          smoothing: Optional[float] = None, blur_sigma: Optional[float] = None,
+                          step: Optional[int] = None, sigma: Optional[float] = None,
+                          max_blur: Optional[float] = None, num_levels: int = 8,
                           area_weight: float = 300.0, area_weight_growth: float = 1.0035,
-                          reward: str = 'contrastive', init_noise: float = 0.01,
+                          reward: str = 'contrastive', jitter: bool = True,
+                          init_noise: float = 0.0, tie_break: float = 1e-3,
                           chunk_size: int = 8, normalize: bool = True,
                           classes: Optional[np.ndarray] = None) -> jnp.ndarray:
   """Extremal-perturbation masks of every class: (B,H,W,C) in [0,1].
@@ -150,7 +249,8 @@ def extremal_perturbation(classifier: common.Classifier, variables, images, *, k
   `classes` (B,C) bool, if given, restricts the optimization to those (image, class) pairs
   (the authors explain only the ground-truth classes); the other maps are 0. The work is split
   into chunks of `chunk_size` pairs (the last one padded), one compiled program for all.
-  `init_noise` (0: TorchRay's exact start) perturbs the initial all-ones mask, from `key`.
+  `init_noise` > 0 perturbs the initial all-ones parameters, from `key` (else `key` is unused).
+  `tie_break` (0: none) orders the pixels of a plateau by their distance to its edge.
   """
   key = common.default_key(key)
   common.check_images(images)
@@ -161,11 +261,10 @@ def extremal_perturbation(classifier: common.Classifier, variables, images, *, k
   defaults = default_hyperparameters(height)
   options = dict(
       areas=areas, num_iterations=num_iterations, learning_rate=learning_rate, momentum=momentum,
-      step=step or defaults['step'],
-      smoothing=float(defaults['smoothing'] if smoothing is None else smoothing),
-      blur_sigma=float(defaults['blur_sigma'] if blur_sigma is None else blur_sigma),
-      area_weight=area_weight, area_weight_growth=area_weight_growth, reward=reward,
-      init_noise=init_noise)
+      step=step or defaults['step'], sigma=float(sigma or defaults['sigma']),
+      max_blur=float(defaults['max_blur'] if max_blur is None else max_blur),
+      num_levels=num_levels, area_weight=area_weight, area_weight_growth=area_weight_growth,
+      reward=reward, jitter=jitter, init_noise=init_noise)
   logits_shape = jax.eval_shape(lambda x: classifier.logits(variables, x), images[:1])
   num_classes = logits_shape.shape[-1]
   wanted = np.ones((b, num_classes), bool) if classes is None else np.asarray(classes) > 0.5
@@ -185,8 +284,9 @@ def extremal_perturbation(classifier: common.Classifier, variables, images, *, k
         jnp.asarray(chunk[:, 0] * num_classes + chunk[:, 1], jnp.int32))
     masks = optimize_masks(classifier, variables, chunk_images, chunk_classes, chunk_keys,
                            **options)
-    final = np.asarray(select_area(classifier, variables, chunk_images, chunk_classes, masks,
-                                   blur_sigma=options['blur_sigma']))
+    final = np.asarray(break_ties(select_area(
+        classifier, variables, chunk_images, chunk_classes, masks, max_blur=options['max_blur'],
+        num_levels=options['num_levels']), tie_break))
     real = min(chunk_size, len(pairs) - start)
     result[chunk[:real, 0], :, :, chunk[:real, 1]] = final[:real]
   out = jnp.asarray(result)
