@@ -87,8 +87,9 @@ flags.DEFINE_list('methods', [], 'Methods to run (default: all of METHOD_BUILDER
 flags.DEFINE_integer('seed', 0, 'Key of the random methods and of the randomized classifier.')
 flags.DEFINE_string('rts_workdir', None, 'A trained Real-Time Saliency workdir for this '
                     'classifier (default: <workdir>/baselines/rts, trained if missing).')
-flags.DEFINE_integer('rts_steps', 100, 'Training steps of the Real-Time Saliency explainer '
-                     '(batch of the workdir config; more is better when time allows).')
+flags.DEFINE_integer('rts_steps', 0, 'Training steps of the Real-Time Saliency explainer; 0 '
+                     "(default): the workdir's Explainer training as it is (same step budget, "
+                     'schedule, start and early stopping), as the paper trains both.')
 flags.DEFINE_string('self_explainer_workdir', None, 'A trained self-explainer workdir '
                     '(configs/synthetic_self_explainer.py) on the same data: its masks are '
                     "scored as the method 'self_explainer'.")
@@ -247,15 +248,17 @@ def _rts_variant():
 
 def rts_config(config: ml_collections.ConfigDict, workdir: str, steps: int,
                num_train: int) -> ml_collections.ConfigDict:
-  """The workdir's config with the Real-Time Saliency loss, its classifier frozen, `steps` steps."""
+  """The workdir's config with the Real-Time Saliency loss and its classifier frozen; trained
+  like the Explainer, or for exactly `steps` steps when `steps` > 0."""
   from wysiwyc import train  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(config.to_dict())
   _rts_variant()(config)
   config.classifier.checkpoint = os.path.abspath(workdir)
-  tc = config.explainer.train
-  train.set_step_budget(tc, steps)
-  tc.num_epochs = max(1, math.ceil(steps / max(1, num_train // tc.batch_size)))
-  tc.patience = max(tc.patience, tc.num_epochs)  # the step budget decides, not early stopping
+  if steps:
+    tc = config.explainer.train
+    train.set_step_budget(tc, steps)
+    tc.num_epochs = max(1, math.ceil(steps / max(1, num_train // tc.batch_size)))
+    tc.patience = max(tc.patience, tc.num_epochs)  # the step budget decides, not early stopping
   # Its own results.json is only a check; the comparison scores it on the comparison's images.
   config.eval.max_examples = 64
   return config
@@ -269,8 +272,8 @@ def ensure_rts(config, workdir: str, rts_workdir: Optional[str], steps: int) -> 
   directory = os.path.join(workdir, 'baselines', 'rts')
   if not os.path.exists(os.path.join(directory, 'results.json')):
     spec = pipeline.prepare(config.data)
-    logging.info('Training the Real-Time Saliency explainer (%d steps) into %s.', steps,
-                 directory)
+    logging.info('Training the Real-Time Saliency explainer (%s) into %s.',
+                 f'{steps} steps' if steps else "the Explainer's budget", directory)
     train.train_and_evaluate(rts_config(config, workdir, steps, spec.num_examples['train']),
                              directory)
   return explain.load(directory)
@@ -592,7 +595,7 @@ def compare(workdir: str, out_dir: Optional[str] = None, **options) -> Dict[str,
       'num_pairs': int((data['labels'] > 0.5).sum()), 'device': _device(),
       'batch_size': options['batch_size'], 'timing_batch_size': options['timing_batch_size'],
       'rts_workdir': options.get('rts_workdir') or os.path.join(workdir, 'baselines', 'rts'),
-      'rts_steps': options['rts_steps'],
+      'rts_steps': options['rts_steps'] or "the Explainer's training (explainer.train)",
       'self_explainer_workdir': options.get('self_explainer_workdir'),
       'rise': f'N={options["rise_masks"]}, s={options["rise_grid"]}, p1={options["rise_keep"]}',
       'extremal_perturbation': f'areas={options["ep_areas"]}, iterations='

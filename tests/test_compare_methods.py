@@ -100,3 +100,13 @@ def test_rts_config_freezes_the_classifier_and_sets_the_budget(tmp_path):
   assert rts.explainer.train.max_steps == 10
   assert rts.explainer.train.num_epochs * (64 // rts.explainer.train.batch_size) >= 10
   assert config.loss.kind == 'explainer'  # the original config is left alone
+
+
+def test_rts_is_trained_like_the_explainer_by_default(tmp_path):
+  config = smoke_config(tmp_path)
+  config.explainer.train.update(max_steps=37, schedule='cosine', decay_steps=37, patience=3)
+  rts = compare_methods.rts_config(config, '/some/workdir', steps=0, num_train=64)
+  assert rts.loss.kind == 'real_time_saliency'
+  assert rts.explainer.train.to_dict() == config.explainer.train.to_dict()
+  assert rts.explainer.init_from == config.explainer.init_from
+  assert rts.explainer.kwargs.to_dict() == config.explainer.kwargs.to_dict()

@@ -434,7 +434,7 @@ TOPOLOGIES = ((1, 1), (1, 4), (2, 2))
 MAX_EXAMPLES = 12  # of the smoke test split's 16: one global batch of 16 with 4 padding rows
 REFERENCE_METHODS = ('all_0', 'all_0.5', 'all_1', 'ground_truth')  # wysiwyc.evaluation's
 # What training produced (the Explainer's masks, the classifier's logits in `saliency`) agrees
-# to float rounding, grown over the steps; README "Training on GPUs and TPU pods".
+# to float rounding, grown over the steps; docs/scale.md.
 TOPOLOGY_TOLERANCE = 1e-4
 
 

@@ -300,7 +300,7 @@ def test_same_outputs_as_flaxmodels_with_the_same_file(tmp_path):
 
 
 class UserClassifier(nn.Module):
-  """Stands for a user's own Flax classifier (README: 'Your own classifier')."""
+  """Stands for a user's own Flax classifier (docs/real_data.md)."""
   num_classes: int
 
   @nn.compact
@@ -313,7 +313,8 @@ def make_user_model(num_classes, **kwargs):
 
 
 def test_own_flax_module_with_parameters_from_an_orbax_checkpoint(tmp_path):
-  """The README's recipe: the classifier stage loads the user's variables instead of training."""
+  """The recipe of docs/real_data.md: the classifier stage loads the user's variables instead of
+  training."""
   from tests.conftest import load_config  # pylint: disable=g-import-not-at-top
   from wysiwyc import checkpointing  # pylint: disable=g-import-not-at-top
   from wysiwyc.data import pipeline  # pylint: disable=g-import-not-at-top
