@@ -6,6 +6,8 @@ Cost on the 2-core CPU with the default flags and the synthetic config (64 px, S
 estimated from the parts measured under load (not from one full run): Extremal Perturbations
 ~9 min (100 SGD steps x 4 areas per (image, ground-truth class), plus its timing and sanity
 runs), Real-Time Saliency training ~7 min (100 steps), RISE ~2.5 min, everything else ~5 min.
+iGOS++ ~3 min (10 iterations of 10 integration steps per (image, ground-truth class), 2-4 s a
+pair, measured on the shipped classifier; the paper's 15 x 20: ~10 s a pair).
 
 Runs the Explainer of the workdir, a Real-Time Saliency explainer trained against the same
 frozen classifier (`W/baselines/rts`, trained here on first use, or --rts_workdir), and every
@@ -102,6 +104,12 @@ flags.DEFINE_integer('ep_iterations', 100, 'Extremal Perturbations: iterations (
 flags.DEFINE_list('ep_areas', ['0.05', '0.1', '0.2', '0.3'], 'Extremal Perturbations: areas.')
 flags.DEFINE_bool('ep_all_classes', False, 'Extremal Perturbations: optimize every class during '
                   'the evaluation, not only the ground-truth ones (timing always does).')
+flags.DEFINE_integer('igos_iterations', 10, 'iGOS++: iterations (paper: 15; '
+                     '--igos_iterations=15 --igos_integration_steps=20 run the paper\'s settings).')
+flags.DEFINE_integer('igos_integration_steps', 10, 'iGOS++: integration steps of each path '
+                     '(paper: 20); the cost grows as iterations x steps.')
+flags.DEFINE_bool('igos_all_classes', False, 'iGOS++: optimize every class during the '
+                  'evaluation, not only the ground-truth ones (timing always does).')
 flags.DEFINE_integer('occlusion_window', 0, 'Occlusion window (0: image side / 8).')
 flags.DEFINE_integer('occlusion_stride', 0, 'Occlusion stride (0: window / 2).')
 flags.DEFINE_integer('lime_samples', 500, 'LIME: perturbed samples (LIME default: 1000).')
@@ -117,13 +125,14 @@ _OPTION_FLAGS = ('data_dir', 'num_images', 'batch_size', 'timing_batch_size', 'm
                  'rts_workdir', 'rts_steps', 'self_explainer_workdir',
                  'rise_masks', 'rise_grid', 'rise_keep',
                  'ep_iterations', 'ep_areas', 'ep_all_classes',
+                 'igos_iterations', 'igos_integration_steps', 'igos_all_classes',
                  'occlusion_window', 'occlusion_stride', 'lime_samples', 'lime_segments',
                  'ig_steps', 'smoothgrad_samples', 'insertion_steps', 'sanity_images',
                  'figure_images')
 
 AMORTIZED = ('explainer', 'real_time_saliency', 'self_explainer')
 # Findings of the paper checked in comparison.md.
-SLOW_METHODS = ('rise', 'extremal_perturbation', 'occlusion', 'lime')
+SLOW_METHODS = ('rise', 'extremal_perturbation', 'igos_plus_plus', 'occlusion', 'lime')
 SPECIFICITY_BASELINES = ('rise', 'real_time_saliency')
 TABLE_COLUMNS = ('iou@0.5', 'per_class_iou@0.5', 'mean_f1', 'cont_f1', 'auc', 'saliency',
                  'insertion', 'deletion', 'pointing', 'specificity_own', 'specificity_other',
@@ -182,6 +191,18 @@ def extremal_schedule(iterations: int) -> Dict[str, float]:
   return {'learning_rate': 0.01 * scale, 'area_weight_growth': 1.0035 ** scale}
 
 
+def _igos(ctx: Context) -> MethodFn:
+  def run(images, labels, key, variables=None):
+    restrict = None if ctx.options['igos_all_classes'] else labels
+    variables = ctx.classifier_variables if variables is None else variables
+    return attribution.METHODS['igos_plus_plus'](
+        ctx.classifier, variables, jnp.asarray(images), key=key,
+        num_iterations=ctx.options['igos_iterations'],
+        integration_steps=ctx.options['igos_integration_steps'], classes=restrict,
+        chunk_size=ctx.options['batch_size'])
+  return run
+
+
 def _occlusion_geometry(ctx: Context):
   window = ctx.options['occlusion_window'] or max(1, ctx.image_size // 8)
   return window, ctx.options['occlusion_stride'] or max(1, window // 2)
@@ -200,6 +221,7 @@ def default_builders() -> Dict[str, Callable[[Context], MethodFn]]:
           'rise', num_masks=opt(ctx, 'rise_masks'), grid_size=opt(ctx, 'rise_grid'),
           keep_probability=opt(ctx, 'rise_keep'), chunk_size=32)(ctx),
       'extremal_perturbation': _extremal,
+      'igos_plus_plus': _igos,
       'occlusion': lambda ctx: baseline_method(
           'occlusion', window=_occlusion_geometry(ctx)[0], stride=_occlusion_geometry(ctx)[1],
           chunk_size=32)(ctx),
@@ -603,6 +625,10 @@ def compare(workdir: str, out_dir: Optional[str] = None, **options) -> Dict[str,
                                f'{extremal_schedule(options["ep_iterations"])}, '
                                f'{"all" if options["ep_all_classes"] else "ground-truth"} '
                                'classes in evaluation',
+      'igos_plus_plus': f'iterations={options["igos_iterations"]}, integration steps='
+                        f'{options["igos_integration_steps"]}, '
+                        f'{"all" if options["igos_all_classes"] else "ground-truth"} '
+                        'classes in evaluation',
       'occlusion': 'window={}, stride={}'.format(*_occlusion_geometry(ctx)),
       'lime': f'samples={options["lime_samples"]}, SLIC segments={options["lime_segments"]}',
       'integrated_gradients_steps': options['ig_steps'],

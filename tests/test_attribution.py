@@ -512,7 +512,8 @@ def test_every_registered_method_gives_maps_in_range_on_simple_cnn():
   fast = {'rise': {'num_masks': 8}, 'extremal_perturbation': {'num_iterations': 2,
                                                                 'areas': (0.1,)},
           'lime': {'num_samples': 8, 'segments': block_segments(2)},
-          'integrated_gradients': {'num_steps': 2}, 'smoothgrad': {'num_samples': 2}}
+          'integrated_gradients': {'num_steps': 2}, 'smoothgrad': {'num_samples': 2},
+          'igos_plus_plus': {'num_iterations': 2, 'integration_steps': 2}}
   for name, method in attribution.METHODS.items():
     maps = method(classifier, variables, images, key=jax.random.key(0), **fast.get(name, {}))
     assert_maps(maps, images, 3)

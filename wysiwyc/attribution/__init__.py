@@ -17,6 +17,7 @@ from wysiwyc.attribution import common
 from wysiwyc.attribution import extremal
 from wysiwyc.attribution import grad_cam
 from wysiwyc.attribution import gradients
+from wysiwyc.attribution import igos
 from wysiwyc.attribution import lime
 from wysiwyc.attribution import occlusion
 from wysiwyc.attribution import rise
@@ -27,6 +28,7 @@ METHODS: Dict[str, Callable] = {
     'grad_cam_plus_plus': grad_cam.grad_cam_plus_plus,
     'rise': rise.rise,
     'extremal_perturbation': extremal.extremal_perturbation,
+    'igos_plus_plus': igos.igos_plus_plus,
     'occlusion': occlusion.occlusion,
     'lime': lime.lime,
     'gradients': gradients.gradients,
@@ -36,4 +38,4 @@ METHODS: Dict[str, Callable] = {
 }
 
 # Methods that run the classifier many times per image (perturbation-based).
-PERTURBATION_METHODS = ('rise', 'extremal_perturbation', 'occlusion', 'lime')
+PERTURBATION_METHODS = ('rise', 'extremal_perturbation', 'igos_plus_plus', 'occlusion', 'lime')
