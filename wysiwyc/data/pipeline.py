@@ -314,9 +314,14 @@ class _Undecoded(tfds.decode.SkipDecoding):
     return serialized_example
 
 
-def _read_undecoded(builder, split: str, **kwargs) -> Tuple[tf.data.Dataset, Callable]:
+def _read_undecoded(builder, split: str, rows: '_Rows',
+                    **kwargs) -> Tuple[tf.data.Dataset, Callable]:
   """(the split's records parsed but not decoded, the function that decodes one): filtering
-  before decoding keeps the cost of dropping other processes' rows to reading them."""
+  before decoding keeps the cost of dropping other processes' rows to reading them. A single
+  process keeps every row, so it reads them decoded (and `tfds.testing.mock_data`, which
+  ignores `decoders`, works)."""
+  if rows.count == 1:
+    return builder.as_dataset(split=split, **kwargs), lambda example: example
   features = builder.info.features
   skip = tf.nest.map_structure(lambda _: _Undecoded(), features.get_serialized_info())
   return builder.as_dataset(split=split, decoders=skip, **kwargs), features.decode_example
@@ -398,7 +403,7 @@ def _training_dataset(builder, data_config, standardize, split, rows: _Rows, see
   flip = bool(data_config.get('flip', False))
   jitter = float(data_config.get('color_jitter', 0.0))
   buffer = int(data_config.get('shuffle_buffer', 10_000))
-  dataset, decode = _read_undecoded(builder, split, shuffle_files=True,
+  dataset, decode = _read_undecoded(builder, split, rows, shuffle_files=True,
                                     read_config=tfds.ReadConfig(shuffle_seed=key))
   dataset = dataset.shuffle(min(buffer, num_examples), seed=key, reshuffle_each_iteration=False)
   # Position in the epoch, the same in every process: seeds this example's augmentation.
@@ -424,7 +429,7 @@ def _evaluation_dataset(builder, standardize, split, rows: _Rows, max_examples: 
     num_examples = min(num_examples, max_examples)
   # Every process yields as many batches (collectives stay in step); padding ends the last one.
   padding = math.ceil(num_examples / rows.batch_size) * rows.local - rows.owned(num_examples)
-  dataset, decode = _read_undecoded(builder, split, shuffle_files=False)
+  dataset, decode = _read_undecoded(builder, split, rows, shuffle_files=False)
   dataset = dataset.take(num_examples).enumerate()
   dataset = dataset.filter(lambda position, _: rows.owns(position))
   dataset = dataset.map(lambda _, example: _finalize(standardize(decode(example))),
