@@ -50,8 +50,8 @@ class UNet(nn.Module):
       raise ValueError(f'upsample must be one of {UPSAMPLING}, got {self.upsample!r}.')
     if self.input_stride not in (1, 2):
       raise ValueError(f'input_stride must be 1 or 2, got {self.input_stride}.')
-    x = layers.pad_to_multiple(images, self.input_stride * 2 ** self.depth)
-    padded_shape = x.shape[:3]
+    padded = layers.pad_to_multiple(images, self.input_stride * 2 ** self.depth)
+    x = padded
     if self.input_stride == 2:
       x = layers.space_to_depth_2x(x)
     skips = []
@@ -68,13 +68,12 @@ class UNet(nn.Module):
     logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype)(x).astype(jnp.float32)
     logits = self.logit_scale * logits
     if self.upsample == 'guided':
-      guide = layers.pad_to_multiple(images, self.input_stride * 2 ** self.depth)
       radius = max(1, self.guide_radius // self.input_stride)
-      logits = (layers.guided_upsample_2x(guide, logits, radius, self.guide_eps)
+      logits = (layers.guided_upsample_2x(padded, logits, radius, self.guide_eps)
                 if self.input_stride == 2 else
-                layers.guided_filter(guide, logits, radius, self.guide_eps))
+                layers.guided_filter(padded, logits, radius, self.guide_eps))
     elif self.input_stride == 2:
-      logits = jax.image.resize(logits, padded_shape + (self.num_classes,), 'bilinear')
+      logits = jax.image.resize(logits, padded.shape[:3] + (self.num_classes,), 'bilinear')
     logits = logits[:, :h, :w]
     chex.assert_shape(logits, (b, h, w, self.num_classes))
     return logits
