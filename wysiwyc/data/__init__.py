@@ -1,1 +1,1 @@
-"""Data sets (TFDS builders) and the input pipeline; see `wysiwyc.data.pipeline`."""
+"""Data sets (TFDS builders, named in `catalog`) and the input pipeline (`pipeline`)."""

@@ -40,7 +40,7 @@ import skimage.draw
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from wysiwyc.data import pipeline
+from wysiwyc.data import registry
 from wysiwyc.data import sources
 
 # (category id, name) of the 80 categories with instances, in class-index order.
@@ -299,18 +299,18 @@ def segmentation_to_standard(example, num_classes: int):
           'class_masks': tf.cast(tf.transpose(stacked, (1, 2, 0)), tf.uint8)}
 
 
-def coco_splits(data_config) -> Dict[str, pipeline.SplitSource]:
+def coco_splits(data_config) -> Dict[str, registry.SplitSource]:
   n = int(_coco_config(data_config).num_validation)
-  return {'train': pipeline.SplitSource(f'train[:-{n}]'),
-          'validation': pipeline.SplitSource(f'train[-{n}:]'),
-          'test': pipeline.SplitSource('test', dataset='coco2014_segmentation')}
+  return {'train': registry.SplitSource(f'train[:-{n}]'),
+          'validation': registry.SplitSource(f'train[-{n}:]'),
+          'test': registry.SplitSource('test', dataset='coco2014_segmentation')}
 
 
-pipeline.register_dataset('coco2014', pipeline.DatasetAdapter(
+registry.register_dataset('coco2014', registry.DatasetAdapter(
     make_builder=make_coco_builder, class_names=class_names, to_standard=coco_to_standard,
     multilabel=True, splits=coco_splits, missing=missing_tfds,
     download_config=sources.download_config))
-pipeline.register_dataset('coco2014_segmentation', pipeline.DatasetAdapter(
+registry.register_dataset('coco2014_segmentation', registry.DatasetAdapter(
     make_builder=make_segmentation_builder, class_names=class_names,
     to_standard=segmentation_to_standard, multilabel=True, missing=missing_segmentation,
     download_config=sources.download_config))

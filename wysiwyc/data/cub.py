@@ -22,7 +22,7 @@ import ml_collections
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from wysiwyc.data import pipeline
+from wysiwyc.data import registry
 from wysiwyc.data import sources
 
 NUM_CLASSES = 200
@@ -87,14 +87,14 @@ def to_standard(example, num_classes: int):
           'foreground': foreground}
 
 
-def splits(data_config) -> Dict[str, pipeline.SplitSource]:
+def splits(data_config) -> Dict[str, registry.SplitSource]:
   cub = data_config.get('cub', None) or default_cub_config()
   n = int(cub.num_validation)
-  return {'train': pipeline.SplitSource(f'train[:-{n}]'),
-          'validation': pipeline.SplitSource(f'train[-{n}:]'),
-          'test': pipeline.SplitSource('test')}
+  return {'train': registry.SplitSource(f'train[:-{n}]'),
+          'validation': registry.SplitSource(f'train[-{n}:]'),
+          'test': registry.SplitSource('test')}
 
 
-pipeline.register_dataset('cub2011', pipeline.DatasetAdapter(
+registry.register_dataset('cub2011', registry.DatasetAdapter(
     make_builder=make_builder, class_names=class_names, to_standard=to_standard,
     multilabel=False, splits=splits, missing=missing, download_config=sources.download_config))

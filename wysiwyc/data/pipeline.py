@@ -1,8 +1,5 @@
 """Input pipeline: TFDS -> tf.data -> numpy dicts for JAX, the same for every data set.
 
-One file past 400 lines: the adapter registry, the reading and the batching implement the one
-contract below together, and the data set modules register against it.
-
     spec = pipeline.prepare(config.data)            # builds the TFDS data once, returns a DataSpec
     ds = pipeline.make_dataset(config.data, 'train', 32, training=True, seed=0, epoch=3)
     for batch in pipeline.as_numpy(ds): ...
@@ -30,7 +27,7 @@ and every process yields the same number of batches. The price: each process rea
 decodes) every record of the split.
 
 `data_config` (an `ml_collections.ConfigDict`) fields:
-  name            data set name, a key of the adapter registry (`known_datasets()`):
+  name            data set name, one of `wysiwyc.data.catalog.known_datasets()`:
                   'synthetic', 'voc2007', 'coco2014', 'cub2011' (and the evaluation sets
                   'voc2007_segmentation', 'coco2014_segmentation')
   data_dir        TFDS data directory (None: the TFDS default, ~/tensorflow_datasets)
@@ -46,12 +43,12 @@ decodes) every record of the split.
                   (`wysiwyc.data.synthetic.default_synthetic_config()`); other data sets
                   read their own sub-config.
 
-A data set plugs in through a `DatasetAdapter`: how to make its (unprepared) TFDS builder from
-`data_config`, its class names, and how to map one raw TFDS example to
-{'image' uint8 (H,W,3), 'labels' multi-hot (C,), optional 'class_masks' (H,W,C),
-optional 'foreground' (H,W)}; see `register_dataset`. The standard splits 'train',
-'validation', 'test' may be TFDS split expressions of the data set's builder or splits of
-another registered data set (`SplitSource`; VOC and COCO are evaluated on separate
+A data set plugs in through a `DatasetAdapter` (`wysiwyc.data.registry`): how to make its
+(unprepared) TFDS builder from `data_config`, its class names, and how to map one raw TFDS example
+to {'image' uint8 (H,W,3), 'labels' multi-hot (C,), optional 'class_masks' (H,W,C),
+optional 'foreground' (H,W)}; `wysiwyc.data.catalog` names every data set. The standard
+splits 'train', 'validation', 'test' may be TFDS split expressions of the data set's builder or
+splits of another registered data set (`SplitSource`; VOC and COCO are evaluated on separate
 segmentation sets). Data that is not prepared and cannot be downloaded is reported by
 `missing_data` (and by `prepare`, as a `UserError`) before anything is written. TensorFlow is
 kept off every GPU.
@@ -61,7 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple
 
 from absl import logging
 import ml_collections
@@ -70,8 +67,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from wysiwyc import errors
+from wysiwyc.data import catalog
+from wysiwyc.data import registry
 from wysiwyc.data import sources
-from wysiwyc.data import synthetic
 
 
 def _hide_gpus_from_tensorflow():
@@ -98,66 +96,6 @@ class DataSpec:
   num_examples: Dict[str, int]
 
 
-@dataclasses.dataclass(frozen=True)
-class SplitSource:
-  """Where a standard split's examples come from: TFDS split expression `split` (e.g.
-  'train[:-600]') of the builder of registered data set `dataset` (None: the same data set)."""
-  split: str
-  dataset: Optional[str] = None
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetAdapter:
-  """How one TFDS data set plugs into the pipeline.
-
-  make_builder: data_config -> the TFDS builder (not yet prepared; may fail early, with a
-    message saying what to fetch, when the data must be downloaded by hand).
-  class_names: prepared builder -> class names, in label order.
-  to_standard: (raw TFDS example, num_classes) -> {'image' uint8 (H,W,3), 'labels' (C,)
-    multi-hot, optional 'class_masks' (H,W,C) in {0,1}, optional 'foreground' (H,W) in {0,1}}.
-    Without 'class_masks', each labelled class gets the foreground (all zeros without one);
-    without 'foreground', it is the union of the class masks.
-  multilabel: False for single-label data sets (softmax cross-entropy; CUB).
-  splits: data_config -> {standard split: SplitSource}; None: the builder's own splits.
-  missing: data_config -> problems (what to fetch, where to put it) that stop the builder from
-    being prepared here; asked only while it is not prepared. None: nothing can be missing.
-  download_config: data_config -> `tfds.download.DownloadConfig` for `download_and_prepare`.
-  """
-  make_builder: Callable[[ml_collections.ConfigDict], tfds.core.DatasetBuilder]
-  class_names: Callable[[tfds.core.DatasetBuilder], Tuple[str, ...]]
-  to_standard: Callable[[Dict[str, tf.Tensor], int], Dict[str, tf.Tensor]]
-  multilabel: bool = True
-  splits: Optional[Callable[[ml_collections.ConfigDict], Dict[str, SplitSource]]] = None
-  missing: Optional[Callable[[ml_collections.ConfigDict], List[str]]] = None
-  download_config: Optional[Callable[[ml_collections.ConfigDict], Any]] = None
-
-
-_ADAPTERS: Dict[str, DatasetAdapter] = {}
-
-
-def register_dataset(name: str, adapter: DatasetAdapter) -> None:
-  """Makes `data_config.name == name` use `adapter`."""
-  if name in _ADAPTERS and _ADAPTERS[name] != adapter:
-    raise ValueError(f'Data set {name!r} is already registered with another adapter.')
-  _ADAPTERS[name] = adapter
-
-
-def known_datasets() -> Tuple[str, ...]:
-  return tuple(sorted(_ADAPTERS))
-
-
-def get_adapter(name: str) -> DatasetAdapter:
-  if name not in _ADAPTERS:
-    raise errors.UserError(f'Unknown data set {name!r}; known data sets: '
-                           f'{", ".join(known_datasets())}.')
-  return _ADAPTERS[name]
-
-
-register_dataset('synthetic', DatasetAdapter(
-    make_builder=synthetic.make_builder, class_names=synthetic.class_names,
-    to_standard=synthetic.to_standard, multilabel=True))
-
-
 # ----------------------------------------------------------------------------------- public
 
 
@@ -168,7 +106,7 @@ def prepare(data_config: ml_collections.ConfigDict) -> DataSpec:
   problems = missing_data(data_config)
   if problems:
     raise errors.UserError(sources.format_missing(problems))
-  adapter = get_adapter(data_config.name)
+  adapter = catalog.get_adapter(data_config.name)
   builder = _prepared_builder(adapter, data_config)
   if adapter.splits is None:
     num_examples = {name: int(info.num_examples) for name, info in builder.info.splits.items()}
@@ -189,13 +127,13 @@ def missing_data(data_config: ml_collections.ConfigDict) -> List[str]:
   """What stops the data of `data_config` (every split's source) from being prepared here:
   one message per problem, empty when everything is prepared or can be downloaded. Writes
   nothing."""
-  adapter = get_adapter(data_config.name)
+  adapter = catalog.get_adapter(data_config.name)
   names = [data_config.name] + [source.dataset for source in
                                 (adapter.splits(data_config) if adapter.splits else {}).values()
                                 if source.dataset]
   problems = []
   for name in dict.fromkeys(names):
-    source_adapter = get_adapter(name)
+    source_adapter = catalog.get_adapter(name)
     if source_adapter.missing and not _builder(source_adapter, data_config).is_prepared():
       problems.extend(source_adapter.missing(data_config))
   return sources.dedupe(problems)
@@ -214,7 +152,7 @@ def make_dataset(data_config: ml_collections.ConfigDict, split: str, batch_size:
                      f'0 <= process_index < process_count, max_examples >= 0 (0 in training); '
                      f'got {batch_size}, {skip_batches}, {process_index}, {process_count}, '
                      f'{max_examples}.')
-  adapter = get_adapter(data_config.name)
+  adapter = catalog.get_adapter(data_config.name)
   num_classes = len(adapter.class_names(_prepared_builder(adapter, data_config)))
   builder, split, source_adapter = _split_source(data_config, split)
   standardize = lambda example: _standardize(example, source_adapter, num_classes,
@@ -247,7 +185,7 @@ def denormalize(images) -> np.ndarray:
 _BUILDERS: Dict[Tuple[int, str], tfds.core.DatasetBuilder] = {}
 
 
-def _builder(adapter: DatasetAdapter, data_config) -> tfds.core.DatasetBuilder:
+def _builder(adapter: registry.DatasetAdapter, data_config) -> tfds.core.DatasetBuilder:
   """The adapter's builder, not necessarily prepared; kept per configuration."""
   key = (id(adapter), data_config.to_json(sort_keys=True))
   builder = _BUILDERS.get(key)
@@ -256,7 +194,7 @@ def _builder(adapter: DatasetAdapter, data_config) -> tfds.core.DatasetBuilder:
   return builder
 
 
-def _prepared_builder(adapter: DatasetAdapter, data_config) -> tfds.core.DatasetBuilder:
+def _prepared_builder(adapter: registry.DatasetAdapter, data_config) -> tfds.core.DatasetBuilder:
   """The adapter's builder, prepared (every epoch asks for it)."""
   builder = _builder(adapter, data_config)
   if not builder.is_prepared():
@@ -270,13 +208,13 @@ def _prepared_builder(adapter: DatasetAdapter, data_config) -> tfds.core.Dataset
 
 
 def _split_source(data_config, split: str) -> Tuple[tfds.core.DatasetBuilder, str,
-                                                     DatasetAdapter]:
+                                                     registry.DatasetAdapter]:
   """(prepared builder, TFDS split expression, adapter) that standard `split` is read from;
   a split the adapter does not map is read from the data set's own builder."""
-  adapter = get_adapter(data_config.name)
+  adapter = catalog.get_adapter(data_config.name)
   mapping = adapter.splits(data_config) if adapter.splits else {}
-  source = mapping.get(split, SplitSource(split))
-  source_adapter = get_adapter(source.dataset) if source.dataset else adapter
+  source = mapping.get(split, registry.SplitSource(split))
+  source_adapter = catalog.get_adapter(source.dataset) if source.dataset else adapter
   return _prepared_builder(source_adapter, data_config), source.split, source_adapter
 
 
@@ -342,7 +280,7 @@ def _resize(images: tf.Tensor, size: int, method: str) -> tf.Tensor:
   return resize()
 
 
-def _standardize(example, adapter: DatasetAdapter, num_classes: int, size: int):
+def _standardize(example, adapter: registry.DatasetAdapter, num_classes: int, size: int):
   """Raw TFDS example -> {'image' in [0,1] (size,size,3), 'labels', 'masks' (size,size,C+1)};
   the last mask channel is the foreground."""
   standard = adapter.to_standard(example, num_classes)
@@ -440,8 +378,3 @@ def _evaluation_dataset(builder, standardize, split, rows: _Rows, max_examples: 
     dataset = dataset.concatenate(tf.data.Dataset.from_tensors(blank).repeat(padding))
   return dataset.batch(rows.local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
-
-# The real data sets register themselves on import; they need the definitions above.
-from wysiwyc.data import coco  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
-from wysiwyc.data import cub  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
-from wysiwyc.data import voc  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import

@@ -21,7 +21,7 @@ from typing import Dict, List
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from wysiwyc.data import pipeline
+from wysiwyc.data import registry
 from wysiwyc.data import sources
 from wysiwyc.data import voc_segmentation
 
@@ -63,18 +63,18 @@ def segmentation_to_standard(example: Dict[str, tf.Tensor],
           'class_masks': class_masks, 'foreground': foreground}
 
 
-def voc2007_splits(data_config) -> Dict[str, pipeline.SplitSource]:
+def voc2007_splits(data_config) -> Dict[str, registry.SplitSource]:
   del data_config
-  return {'train': pipeline.SplitSource('train'),
-          'validation': pipeline.SplitSource('validation'),
-          'test': pipeline.SplitSource('test', dataset='voc2007_segmentation')}
+  return {'train': registry.SplitSource('train'),
+          'validation': registry.SplitSource('validation'),
+          'test': registry.SplitSource('test', dataset='voc2007_segmentation')}
 
 
-pipeline.register_dataset('voc2007', pipeline.DatasetAdapter(
+registry.register_dataset('voc2007', registry.DatasetAdapter(
     make_builder=make_voc2007_builder, class_names=class_names,
     to_standard=voc2007_to_standard, multilabel=True, splits=voc2007_splits, missing=missing,
     download_config=sources.download_config))
-pipeline.register_dataset('voc2007_segmentation', pipeline.DatasetAdapter(
+registry.register_dataset('voc2007_segmentation', registry.DatasetAdapter(
     make_builder=make_segmentation_builder, class_names=class_names,
     to_standard=segmentation_to_standard, multilabel=True, missing=missing,
     download_config=sources.download_config))
