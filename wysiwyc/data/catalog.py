@@ -9,6 +9,7 @@ from typing import Tuple
 from wysiwyc import errors
 from wysiwyc.data import coco  # pylint: disable=unused-import
 from wysiwyc.data import cub  # pylint: disable=unused-import
+from wysiwyc.data import folder  # pylint: disable=unused-import
 from wysiwyc.data import registry
 from wysiwyc.data import synthetic
 from wysiwyc.data import voc  # pylint: disable=unused-import

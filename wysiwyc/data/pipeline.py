@@ -94,6 +94,8 @@ class DataSpec:
   image_size: int
   multilabel: bool
   num_examples: Dict[str, int]
+  # Standard splits whose examples have no ground-truth masks: no mask metrics on them.
+  unmasked_splits: Tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------------- public
@@ -119,8 +121,11 @@ def prepare(data_config: ml_collections.ConfigDict) -> DataSpec:
       name=data_config.name,
       class_names=tuple(adapter.class_names(builder)),
       image_size=int(data_config.image_size),
-      multilabel=adapter.multilabel,
-      num_examples=num_examples)
+      multilabel=bool(adapter.multilabel(builder) if callable(adapter.multilabel)
+                      else adapter.multilabel),
+      num_examples=num_examples,
+      unmasked_splits=tuple(adapter.unmasked_splits(builder) if adapter.unmasked_splits
+                            else ()))
 
 
 def missing_data(data_config: ml_collections.ConfigDict) -> List[str]:

@@ -8,7 +8,7 @@ A data set module registers a `DatasetAdapter` under the name that `config.data.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import ml_collections
 import tensorflow as tf
@@ -34,19 +34,23 @@ class DatasetAdapter:
     multi-hot, optional 'class_masks' (H,W,C) in {0,1}, optional 'foreground' (H,W) in {0,1}}.
     Without 'class_masks', each labelled class gets the foreground (all zeros without one);
     without 'foreground', it is the union of the class masks.
-  multilabel: False for single-label data sets (softmax cross-entropy; CUB).
+  multilabel: False for single-label data sets (softmax cross-entropy; CUB); or prepared
+    builder -> that bool, where the data says (a user's folder).
   splits: data_config -> {standard split: SplitSource}; None: the builder's own splits.
   missing: data_config -> problems (what to fetch, where to put it) that stop the builder from
     being prepared here; asked only while it is not prepared. None: nothing can be missing.
   download_config: data_config -> `tfds.download.DownloadConfig` for `download_and_prepare`.
+  unmasked_splits: prepared builder -> the standard splits without ground-truth masks (their
+    masks are all zero); None: every split that is evaluated has them.
   """
   make_builder: Callable[[ml_collections.ConfigDict], tfds.core.DatasetBuilder]
   class_names: Callable[[tfds.core.DatasetBuilder], Tuple[str, ...]]
   to_standard: Callable[[Dict[str, tf.Tensor], int], Dict[str, tf.Tensor]]
-  multilabel: bool = True
+  multilabel: Union[bool, Callable[[tfds.core.DatasetBuilder], bool]] = True
   splits: Optional[Callable[[ml_collections.ConfigDict], Dict[str, SplitSource]]] = None
   missing: Optional[Callable[[ml_collections.ConfigDict], List[str]]] = None
   download_config: Optional[Callable[[ml_collections.ConfigDict], Any]] = None
+  unmasked_splits: Optional[Callable[[tfds.core.DatasetBuilder], Tuple[str, ...]]] = None
 
 
 _ADAPTERS: Dict[str, DatasetAdapter] = {}
