@@ -187,4 +187,19 @@ def apply_scratch(config: ml_collections.ConfigDict) -> None:
                                                     decay_steps=4690, object_masking=0.5)
 
 
-VARIANTS = {'smoke': apply_smoke, 'rts': apply_real_time_saliency, 'scratch': apply_scratch}
+def apply_natural(config: ml_collections.ConfigDict) -> None:
+  """The harder benchmark: the same shapes and classes, drawn so that colour alone does not
+  outline them: textured objects with soft edges over full-contrast backgrounds, pixel noise,
+  and more occlusion. Its own data set (the parameters name it) and classifier."""
+  synthetic_config = config.data.synthetic
+  synthetic_config.object_texture = 0.6
+  synthetic_config.edge_blur = 1.0
+  synthetic_config.texture_strength = 0.8
+  synthetic_config.noise_std = 0.03
+  synthetic_config.min_visible_fraction = 0.6
+  if config.classifier.checkpoint:  # `scratch` trains it, `smoke` trains a tiny one
+    config.classifier.checkpoint = 'zoo:synthetic_natural_cnn'
+
+
+VARIANTS = {'smoke': apply_smoke, 'rts': apply_real_time_saliency, 'scratch': apply_scratch,
+            'natural': apply_natural}

@@ -2,13 +2,17 @@
 config hashing and TFDS preparation (tiny: 32x32 images, 20/8/8 examples)."""
 
 import dataclasses
+import hashlib
+import json
 import os
 
 import numpy as np
 import pytest
+import scipy.ndimage
 import skimage.draw
 
 from wysiwyc.data import synthetic
+from wysiwyc.models import shipped
 
 TINY = dict(image_size=32, num_train=20, num_validation=8, num_test=8, seed=3)
 
@@ -159,6 +163,113 @@ def test_distractors_and_texture_follow_the_config():
   assert np.all(background_colour_counts(num_distractors=0, texture_strength=1.0) > 10)
 
 
+# ---------------------------------------------------------------------- natural appearance
+# Computed by the generator before object_texture and edge_blur existed: the default data set
+# keeps its TFDS name and its images.
+DEFAULT_NAME = 's64_c6_2f56b9cfcc'
+DEFAULT_DIGEST = 'e326663589e9e41d7b18d14bd8a0d61d2415eb547ecc6416c51752cae9d26b95'
+FLAT = dict(num_distractors=0, texture_strength=0.0, noise_std=0.0, object_texture=0.0,
+            edge_blur=0.0)
+
+
+def examples_digest(params, picks) -> str:
+  digest = hashlib.sha256()
+  for split, index in picks:
+    example = synthetic.generate_example(params, split, index)
+    for key in sorted(example):
+      digest.update(np.ascontiguousarray(example[key]).tobytes())
+  return digest.hexdigest()
+
+
+def test_default_data_set_keeps_its_name_and_images():
+  params = synthetic.SyntheticParams()
+  assert params.config_name() == DEFAULT_NAME
+  picks = [('train', 0), ('train', 1), ('validation', 3), ('test', 7), ('test', 11)]
+  assert examples_digest(params, picks) == DEFAULT_DIGEST
+  # The shipped default models name the data they were trained on as they did then.
+  with open(os.path.join(shipped.WEIGHTS_DIR, 'synthetic_shapes_cnn.json')) as f:
+    dataset = json.load(f)['dataset']
+  trained_on = synthetic.SyntheticParams.from_config(dataset['generation'])
+  assert trained_on.config_name() == dataset['config']
+  assert trained_on.identity() == dataset['generation']
+
+
+def test_appearance_moves_no_object():
+  natural = tiny_params(object_texture=0.6, edge_blur=1.0, noise_std=0.03, max_objects=4)
+  plain = dataclasses.replace(natural, object_texture=0.0, edge_blur=0.0)
+  changed = 0
+  for index in range(20):
+    a = synthetic.generate_example(natural, 'train', index)
+    b = synthetic.generate_example(plain, 'train', index)
+    for key in ('segmentation', 'labels', 'object_labels', 'object_areas', 'visible_pixels'):
+      np.testing.assert_array_equal(a[key], b[key])
+    changed += not np.array_equal(a['image'], b['image'])
+  assert changed == 20
+
+
+def test_textured_objects_vary_inside():
+  def inner_spreads(object_texture):
+    params = tiny_params(**{**FLAT, 'object_texture': object_texture}, max_objects=1)
+    spreads = []
+    for index in range(30):
+      ex = synthetic.generate_example(params, 'train', index)
+      inside = scipy.ndimage.binary_erosion(ex['segmentation'] > 0, iterations=1)
+      spreads.append(ex['image'][inside].astype(float).std(0).max())
+    return np.asarray(spreads)
+
+  assert np.all(inner_spreads(0.0) == 0)
+  textured = inner_spreads(0.6)
+  # Some patterns (a gradient, two close colours) vary little across a small object.
+  assert np.mean(textured > 1) >= 0.9 and np.median(textured) > 5, textured
+
+
+def test_blurred_edges_are_soft_and_the_mask_holds_what_the_object_dominates():
+  hard = tiny_params(**FLAT, max_objects=1, min_contrast=0.5)
+  soft = dataclasses.replace(hard, edge_blur=1.0)
+  soft_edges = []
+  for index in range(20):
+    a = synthetic.generate_example(hard, 'train', index)
+    b = synthetic.generate_example(soft, 'train', index)
+    mask = a['segmentation'] > 0
+    np.testing.assert_array_equal(mask, b['segmentation'] > 0)
+    colour = a['image'][mask][0].astype(float)
+    background = a['image'][~mask][0].astype(float)
+    assert np.all(a['image'][mask] == colour) and np.all(a['image'][~mask] == background)
+    image = b['image'].astype(float)
+    to_object = np.linalg.norm(image - colour, axis=-1)
+    to_background = np.linalg.norm(image - background, axis=-1)
+    assert np.all(to_object[mask] <= to_background[mask] + 2)      # rounding
+    assert np.all(to_background[~mask] <= to_object[~mask] + 2)
+    edge = mask ^ scipy.ndimage.binary_erosion(mask)
+    soft_edges.append(np.mean(to_object[edge] > 3))
+    # Away from the edge, the object and the background keep their colours.
+    deep = scipy.ndimage.binary_erosion(mask, iterations=4)
+    far = ~scipy.ndimage.binary_dilation(mask, iterations=4)
+    assert np.all(to_object[deep] <= 2) and np.all(to_background[far] <= 2)
+  assert np.mean(soft_edges) > 0.8, soft_edges
+
+
+def test_natural_variant_has_its_own_data_and_classifier():
+  from configs import synthetic as synthetic_configs  # pylint: disable=g-import-not-at-top
+  config = synthetic_configs.get_config('natural')
+  params = synthetic.SyntheticParams.from_config(config.data.synthetic)
+  assert params.draws_natural and params.class_names == synthetic.SHAPE_NAMES[:6]
+  assert params.config_name() != synthetic.SyntheticParams().config_name()
+  assert config.classifier.checkpoint == 'zoo:synthetic_natural_cnn'
+  assert config.explainer.init_from == 'zoo:synthetic_shapes_unet'
+  for variant in ('smoke,natural', 'natural,smoke', 'scratch,natural'):
+    combined = synthetic_configs.get_config(variant)
+    assert combined.classifier.checkpoint == '', variant
+    assert combined.data.synthetic.edge_blur > 0, variant
+
+
+@pytest.mark.parametrize('bad', [dict(object_texture=1.5), dict(object_texture=-0.1),
+                                 dict(edge_blur=-1.0)])
+def test_invalid_appearance_is_refused(bad):
+  with pytest.raises(ValueError, match='object_texture|edge_blur'):
+    tiny_params(**bad)
+
+
 # --------------------------------------------------------------------------------- config
 
 
@@ -168,7 +279,8 @@ def test_config_names_change_with_every_parameter():
   changes = dict(image_size=40, num_train=21, num_validation=9, num_test=9, num_classes=7,
                  min_objects=2, max_objects=4, min_object_size=0.3, max_object_size=0.4,
                  min_visible_fraction=0.6, num_distractors=1, texture_strength=0.3,
-                 noise_std=0.01, min_contrast=0.2, seed=4)
+                 noise_std=0.01, min_contrast=0.2, seed=4, object_texture=0.3,
+                 edge_blur=0.5)
   assert set(changes) == {f.name for f in dataclasses.fields(base)}
   for key, value in changes.items():
     names.add(dataclasses.replace(base, **{key: value}).config_name())

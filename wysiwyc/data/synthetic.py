@@ -7,6 +7,13 @@ the outline tells the class. Later objects occlude earlier ones; a placement tha
 more than `1 - min_visible_fraction` of an earlier object is redrawn, so every object keeps
 a visible part. Distractors are painted before the objects: they are background.
 
+By default the objects are flat-coloured with hard edges. `object_texture` gives each object a
+pattern of its own (noise, stripes or a gradient between its colour and a second one) and
+`edge_blur` blends it in through its Gaussian-blurred mask (soft edges, partly see-through at
+the rim); both are drawn from a random stream of their own after the objects are placed, so
+they change no object's position, class, colour or mask. The mask of an object holds the pixels
+whose centre it covers, on top, and the blend is >= 1/2 there and <= 1/2 elsewhere.
+
 Stored features (small on disk: two PNGs and a few bytes per example):
   image         (H, W, 3) uint8 PNG
   segmentation  (H, W, 1) uint8 PNG label map: 0 = background, c + 1 = class c (top object)
@@ -17,8 +24,9 @@ The pipeline derives per-class masks and the foreground from `segmentation` (`to
 
 Generation is deterministic and order-independent: example `i` of split `s` uses
 `np.random.default_rng([seed, split_id(s), i])`. Every parameter enters the TFDS config
-name (`s{size}_c{classes}_{hash}`), so other parameters never reuse stale files, and the
-same parameters are prepared once into `data_dir` and reused afterwards.
+name (`s{size}_c{classes}_{hash}`; `object_texture` and `edge_blur` only when they are not 0,
+so that the default data keep their name), so other parameters never reuse stale files, and
+the same parameters are prepared once into `data_dir` and reused afterwards.
 
 Usage:
   builder = make_builder(data_config)     # data_config.synthetic: default_synthetic_config()
@@ -36,6 +44,7 @@ from typing import Callable, Dict, Tuple
 import ml_collections
 import numpy as np
 import PIL.Image
+import scipy.ndimage
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -44,6 +53,8 @@ SPLIT_IDS = {'train': 0, 'validation': 1, 'test': 2}
 BACKGROUND_KINDS = ('noise', 'stripes', 'gradient')
 _MAX_PLACEMENT_TRIES = 30
 _MAX_COLOUR_TRIES = 10
+# Parameters left out of a data set's name while 0 (`SyntheticParams.identity`).
+_APPEARANCE_FIELDS = ('object_texture', 'edge_blur')
 
 
 def default_synthetic_config() -> ml_collections.ConfigDict:
@@ -82,6 +93,10 @@ class SyntheticParams:
   noise_std: float = 0.0        # Gaussian pixel noise, fraction of 255 (0.02 triples disk use)
   min_contrast: float = 0.25    # mean RGB distance object/underlying pixels, fraction of 255
   seed: int = 0
+  # Drawn on top of the objects' geometry, from a random stream of their own (below), so they
+  # change the pixels but never where the objects are. 0 draws as before (and hashes as before).
+  object_texture: float = 0.0   # 0 = flat-coloured objects, 1 = full-contrast texture
+  edge_blur: float = 0.0        # std of the Gaussian blur of each object's edge, pixels
 
   def __post_init__(self):
     problems = []
@@ -97,8 +112,12 @@ class SyntheticParams:
       problems.append('min_visible_fraction must be in [0, 1]')
     if min(self.num_train, self.num_validation, self.num_test, self.num_distractors) < 0:
       problems.append('split sizes and num_distractors must be >= 0')
-    if min(self.texture_strength, self.noise_std, self.min_contrast, self.seed) < 0:
-      problems.append('texture_strength, noise_std, min_contrast and seed must be >= 0')
+    if min(self.texture_strength, self.noise_std, self.min_contrast, self.seed,
+           self.object_texture, self.edge_blur) < 0:
+      problems.append('texture_strength, noise_std, min_contrast, seed, object_texture and '
+                      'edge_blur must be >= 0')
+    if self.object_texture > 1:
+      problems.append('object_texture must be in [0, 1]')
     if problems:
       raise ValueError('Invalid synthetic data config: ' + '; '.join(problems))
 
@@ -127,9 +146,23 @@ class SyntheticParams:
   def split_sizes(self) -> Dict[str, int]:
     return {'train': self.num_train, 'validation': self.num_validation, 'test': self.num_test}
 
+  @property
+  def draws_natural(self) -> bool:
+    """Whether the objects are drawn textured and/or with blurred edges."""
+    return self.object_texture > 0 or self.edge_blur > 0
+
+  def identity(self) -> Dict[str, object]:
+    """The parameters that name the data set: all of them, but the appearance parameters only
+    when they are on, so that data made before they existed keep their name."""
+    values = dataclasses.asdict(self)
+    for key in _APPEARANCE_FIELDS:
+      if values[key] == 0:
+        del values[key]
+    return values
+
   def config_name(self) -> str:
     """A TFDS config name that changes whenever any parameter changes."""
-    canonical = json.dumps(dataclasses.asdict(self), sort_keys=True)
+    canonical = json.dumps(self.identity(), sort_keys=True)
     digest = hashlib.sha1(canonical.encode()).hexdigest()[:10]
     return f's{self.image_size}_c{self.num_classes}_{digest}'
 
@@ -236,13 +269,14 @@ def _bilinear_upsample(grid: np.ndarray, size: int) -> np.ndarray:
   return w @ grid @ w.T
 
 
-def _background_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
-  """A (size, size) pattern in [0, 1]: smooth noise, stripes or a linear gradient."""
+def _background_pattern(rng: np.random.Generator, size: int, zoom: int = 1) -> np.ndarray:
+  """A (size, size) pattern in [0, 1]: smooth noise, stripes or a linear gradient; `zoom`
+  multiplies the noise's cells and the stripes' frequency."""
   kind = BACKGROUND_KINDS[rng.integers(len(BACKGROUND_KINDS))]
-  ys = ((np.arange(size) + 0.5) / size)[:, None]
+  ys = (zoom * (np.arange(size) + 0.5) / size)[:, None]
   xs = ys.T
   if kind == 'noise':
-    cells = int(rng.integers(2, 7))
+    cells = zoom * int(rng.integers(2, 7))
     return _bilinear_upsample(rng.random((cells + 1, cells + 1)), size)
   direction = rng.uniform(0, 2 * np.pi)
   along = xs * np.cos(direction) + ys * np.sin(direction)
@@ -328,8 +362,9 @@ def generate_example(params: SyntheticParams, split: str, index: int) -> dict:
   for _ in range(int(rng.integers(0, params.num_distractors + 1))):
     canvas[_distractor_mask(rng, size)] = rng.uniform(0, 255, 3)
 
+  background = canvas.copy()
   owner = np.full((size, size), -1, np.int64)  # index of the top object at each pixel
-  classes, areas = [], []
+  classes, areas, masks, colours = [], [], [], []
   for _ in range(int(rng.integers(params.min_objects, params.max_objects + 1))):
     label = int(rng.integers(params.num_classes))  # drawn once: a retry never changes it
     for _ in range(_MAX_PLACEMENT_TRIES):
@@ -349,8 +384,13 @@ def generate_example(params: SyntheticParams, split: str, index: int) -> dict:
       owner[mask] = len(classes)
       classes.append(label)
       areas.append(int(mask.sum()))
+      masks.append(mask)
+      colours.append(colour)
       break
 
+  if params.draws_natural:  # the same objects, textured and/or with soft edges
+    appearance_rng = np.random.default_rng([params.seed, SPLIT_IDS[split], index, 1])
+    canvas = _draw_natural(appearance_rng, background, masks, colours, params)
   if params.noise_std > 0:
     canvas = canvas + rng.normal(0, params.noise_std * 255, canvas.shape)
   image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
@@ -361,6 +401,32 @@ def generate_example(params: SyntheticParams, split: str, index: int) -> dict:
   return dict(image=image, segmentation=segmentation, labels=labels.astype(np.uint8),
               object_labels=np.asarray(classes, np.int64),
               object_areas=np.asarray(areas, np.int32), visible_pixels=visible)
+
+
+def _object_appearance(rng, size: int, colour: np.ndarray, strength: float) -> np.ndarray:
+  """Float (size, size, 3): `colour` blended by `strength` x a pattern towards a random second
+  colour. The pattern is a background pattern at 3x its frequency (objects are smaller)."""
+  if strength == 0:
+    return np.broadcast_to(colour, (size, size, 3))
+  pattern = _background_pattern(rng, size, zoom=3)[..., None]
+  return colour + strength * pattern * (rng.uniform(0, 255, 3) - colour)
+
+
+def _draw_natural(rng, background: np.ndarray, masks, colours, params) -> np.ndarray:
+  """Paints the objects (boolean masks, in drawing order, with their base colours) over
+  `background`: each one textured (`params.object_texture`) and alpha-blended through its mask
+  blurred by `params.edge_blur` px, so that its edge is soft and it covers what lies beneath
+  in proportion. The blend stays >= 1/2 inside the mask and <= 1/2 outside it (a concave
+  corner's blur would spill over more): the mask holds the pixels the object dominates."""
+  canvas = background.copy()
+  for mask, colour in zip(masks, colours):
+    alpha = mask.astype(np.float64)
+    if params.edge_blur > 0:
+      blurred = scipy.ndimage.gaussian_filter(alpha, params.edge_blur)
+      alpha = np.where(mask, np.maximum(blurred, 0.5), np.minimum(blurred, 0.5))
+    appearance = _object_appearance(rng, params.image_size, colour, params.object_texture)
+    canvas = canvas + alpha[..., None] * (appearance - canvas)
+  return canvas
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -380,7 +446,7 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
   @classmethod
   def from_params(cls, params: SyntheticParams) -> 'SyntheticShapesConfig':
     return cls(name=params.config_name(),
-               description=json.dumps(dataclasses.asdict(params), sort_keys=True),
+               description=json.dumps(params.identity(), sort_keys=True),
                params=params)
 
 
