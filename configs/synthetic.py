@@ -103,6 +103,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # NOT in the paper (0 = off): penalize pixels claimed by several target classes' masks
   # (losses.class_overlap_loss), an ablation aimed at class specificity.
   config.loss.lambda_overlap = 0.0
+  # NOT in the paper (0 = off): each class channel's log-mean-exp pooling (sharpness
+  # pooled_sharpness) classifies the labels (losses.pooled_class_loss), the self-explainer's signal.
+  config.loss.lambda_pooled = 0.0
+  config.loss.pooled_sharpness = 1.0
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64

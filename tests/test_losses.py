@@ -15,7 +15,7 @@ TOL = dict(rtol=1e-5, atol=1e-6)
 EXPLAINER_WEIGHTS = {'classification': 'lambda_c', 'entropy': 'lambda_e', 'tv': 'lambda_tv',
                      'area_class': 'lambda_ac', 'area_target': 'lambda_t',
                      'area_non_target': 'lambda_nt', 'single_class': 'lambda_single',
-                     'class_overlap': 'lambda_overlap'}
+                     'class_overlap': 'lambda_overlap', 'pooled_class': 'lambda_pooled'}
 SELF_EXPLAINER_WEIGHTS = {
     'classification_teacher': 'lambda_c', 'classification_student': 'lambda_c',
     'similarity': 'lambda_similarity', 'tv': 'lambda_tv', 'area_class': 'lambda_ac',
@@ -344,6 +344,7 @@ def np_explainer_terms(seg, images, targets, weight, bias, min_area=0.05, max_ar
       'area_non_target': non_target_mask.mean(),
       'single_class': 0.0,
       'class_overlap': np_class_overlap_loss(seg, targets),
+      'pooled_class': np_bce(np_pooled_logits(seg, 1.0), targets),
   }
 
 
@@ -357,6 +358,52 @@ def np_class_overlap_loss(seg, targets):
         values = [np_sigmoid(seg[b, i, j, c]) for c in present]
         total += sum(values) - max(values) if values else 0.0
   return total / (seg.shape[0] * seg.shape[1] * seg.shape[2])
+
+
+def np_pooled_logits(seg, sharpness):
+  """Per (image, class): log of the mean over pixels of exp(sharpness * S), / sharpness."""
+  b_, h_, w_, c_ = seg.shape
+  pooled = np.zeros((b_, c_))
+  for b in range(b_):
+    for c in range(c_):
+      values = [sharpness * float(seg[b, i, j, c]) for i in range(h_) for j in range(w_)]
+      top = max(values)
+      pooled[b, c] = (top + math.log(sum(math.exp(v - top) for v in values) / (h_ * w_))
+                      ) / sharpness
+  return pooled
+
+
+@pytest.mark.parametrize('sharpness', [0.5, 1.0, 4.0])
+def test_pooled_class_loss_matches_numpy(sharpness):
+  seg, _, targets = random_inputs()
+  expected = np_bce(np_pooled_logits(seg, sharpness), targets)
+  np.testing.assert_allclose(losses.pooled_class_loss(seg, targets, sharpness), expected, **TOL)
+  single = np.eye(C, dtype=np.float32)[[1, 3, 0]]
+  np.testing.assert_allclose(losses.pooled_class_loss(seg, single, sharpness, multilabel=False),
+                             np_softmax_ce(np_pooled_logits(seg, sharpness), single), **TOL)
+
+
+def test_pooled_class_loss_pools_between_mean_and_max():
+  # Small logits: near sharpness 0 the pooling is mean + sharpness * variance / 2.
+  seg, _, targets = random_inputs(scale=0.3)
+  bce = lambda pooled: np_bce(pooled, targets)
+  np.testing.assert_allclose(losses.pooled_class_loss(seg, targets, 1e-2),
+                             bce(seg.mean(axis=(1, 2))), rtol=1e-3)
+  np.testing.assert_allclose(losses.pooled_class_loss(seg, targets, 1e3),
+                             bce(seg.max(axis=(1, 2))), rtol=1e-2)
+
+
+def test_pooled_class_loss_prefers_the_class_channel_on_its_own_object():
+  # One image with class 0 present, class 1 absent; a small confident blob in channel 0 and
+  # nothing in channel 1 scores better than the same blob in both channels.
+  blob = np.full((1, H, W, 2), -6.0, np.float32)
+  blob[0, 2:5, 2:5, :] = 6.0
+  own_only = blob.copy()
+  own_only[..., 1] = -6.0
+  targets = np.array([[1.0, 0.0]], np.float32)
+  assert losses.pooled_class_loss(own_only, targets) < losses.pooled_class_loss(blob, targets)
+  with pytest.raises(ValueError, match='sharpness > 0'):
+    losses.pooled_class_loss(blob, targets, 0.0)
 
 
 def test_class_overlap_loss_matches_numpy_and_is_zero_for_disjoint_masks():
