@@ -26,6 +26,9 @@ The paper's classifiers (DESIGN.md section 1), on ImageNet-normalized inputs:
 The backbone's parameters live under 'backbone', the new head's under 'head': the classifier
 stage's `trainable='head'` trains only the head. ResNet's BatchNorm statistics stay frozen
 (inference mode) unless `update_batch_stats=True`.
+
+Longer than 400 lines because the layers and the weight-file reader share the file layout above:
+a layer's name is the group the reader looks up, so the two change together.
 """
 
 from __future__ import annotations
