@@ -1,10 +1,18 @@
 """Command-line entry: `python -m wysiwyc.main --config=configs/synthetic.py --workdir=DIR`.
 
-Runs every stage of `wysiwyc.train.train_and_evaluate`. Override any config field with
-`--config.FIELD=VALUE`; pick a config variant with `--config=configs/synthetic.py:smoke`.
+Runs every stage of `wysiwyc.train.train_and_evaluate`. Pick a config variant with
+`--config=configs/synthetic.py:smoke`; override any config field with `--config.FIELD=VALUE`
+(the fields are documented by the comments of the config file). `--verbosity=1` also shows the
+libraries' logs (TensorFlow, JAX, TFDS, orbax).
 """
 
+import ast
+import difflib
+import importlib.util
+import os
+import re
 import sys
+from typing import List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -12,12 +20,151 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from wysiwyc import errors
 from wysiwyc import runtime
 
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+
+
+def config_catalog(folder: str = CONFIGS_DIR) -> List[Tuple[str, str, Tuple[str, ...]]]:
+  """(file name, first phrase of its docstring, variants) of each config file in `folder`, read
+  with `ast` (without running the files, which load TensorFlow)."""
+  catalog = []
+  for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+    if not name.endswith('.py') or name.startswith('_'):
+      continue
+    with open(os.path.join(folder, name)) as f:
+      module = ast.parse(f.read())
+    summary = re.split(r'[.:](?:\s|$)', (ast.get_docstring(module) or '').replace('\n', ' '))[0]
+    catalog.append((name, summary, _variant_names(module)))
+  return catalog
+
+
+def _variant_names(module: ast.Module) -> Tuple[str, ...]:
+  """The string keys (dict) or items (tuple, list) of a module's `VARIANTS = ...` assignment."""
+  for node in module.body:
+    if (isinstance(node, ast.Assign) and
+        any(isinstance(t, ast.Name) and t.id == 'VARIANTS' for t in node.targets)):
+      items = node.value.keys if isinstance(node.value, ast.Dict) else getattr(
+          node.value, 'elts', [])
+      return tuple(sorted(i.value for i in items
+                          if isinstance(i, ast.Constant) and isinstance(i.value, str)))
+  return ()
+
+
+def _config_flag_help() -> str:
+  lines = ['Experiment config file and optional comma-separated variants, e.g. '
+           '--config=configs/synthetic.py:smoke. Override a field with --config.FIELD=VALUE '
+           '(e.g. --config.explainer.train.max_steps=300); each field is documented by the '
+           'comments of its config file. Config files (configs/):']
+  for name, summary, variants in config_catalog():
+    lines.append(f'  {name} (variants: {", ".join(variants) or "none"}): {summary}')
+  return '\n'.join(lines)
+
+
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+config_flags.DEFINE_config_file('config', None, _config_flag_help(), lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, results and figures.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def check_config_arg(config_arg: str, folder: str = CONFIGS_DIR) -> None:
+  """Refuses a config file that does not exist, and a variant that a config file of `folder`
+  does not define (naming the closest one); other config files check their own variants."""
+  path, _, arg = config_arg.partition(':')
+  catalog = config_catalog(folder)
+  if not os.path.isfile(path):
+    names = ', '.join(os.path.join(os.path.relpath(folder), name) for name, _, _ in catalog)
+    raise errors.UserError(f'no config file {path}; the config files are {names}.')
+  variants = {name: variants for name, _, variants in catalog}.get(os.path.basename(path))
+  if os.path.abspath(os.path.dirname(path)) != os.path.abspath(folder) or not variants:
+    return
+  for variant in filter(None, arg.split(',')):
+    if variant not in variants:
+      raise errors.UserError(
+          f'unknown config variant {variant} of {path}{_did_you_mean(variant, variants)} '
+          f'(variants: {", ".join(variants)}; comma-separated to combine).')
+
+
+def unknown_config_field(config, field: str) -> Optional[str]:
+  """Why `field` (dotted, as in --config.FIELD=...) is not in `config`, or None if it is."""
+  node, parts = config, field.split('.')
+  for i, part in enumerate(parts):
+    keys = list(node.keys()) if hasattr(node, 'keys') else []
+    if part not in keys:
+      prefix = '.'.join(parts[:i])
+      choices = [f'{prefix}.{key}' if prefix else key for key in keys]
+      return f'unknown config field {".".join(parts[:i + 1])}' + _did_you_mean(
+          '.'.join(parts[:i + 1]), choices)
+    node = node[part]
+  return None
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+  close = difflib.get_close_matches(word, choices, n=1)
+  return f'; did you mean {close[0]}?' if close else ''
+
+
+def _config_overrides(argv: Sequence[str]) -> List[str]:
+  return [arg[len('--config.'):].split('=', 1)[0] for arg in argv if arg.startswith('--config.')]
+
+
+def _config_value(argv: Sequence[str]) -> Optional[str]:
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg[len('--config='):]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def describe_flag_error(error: Exception, argv: Sequence[str]) -> str:
+  """One line for a failed flag parse: the unknown config field if there is one, else the last
+  line of the error (config files raise from inside a traceback)."""
+  config = FLAGS['config'].value
+  if config is None and _config_value(argv):  # The config file loaded, an override failed.
+    config = _load_config(_config_value(argv))
+  for field in _config_overrides(argv) if config is not None else []:
+    problem = unknown_config_field(config, field)
+    if problem:
+      return problem
+  lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+  last = lines[-1] if lines else type(error).__name__
+  return last.split(': ', 1)[1] if last.split(': ', 1)[0].endswith(('Error', 'Exception')) else last
+
+
+def _load_config(config_arg: str):
+  """`get_config(arg)` of `--config=PATH:ARG`, as ml_collections calls it; None if it fails."""
+  path, _, arg = config_arg.partition(':')
+  try:
+    spec = importlib.util.spec_from_file_location('wysiwyc_config_check', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+  except Exception:  # pylint: disable=broad-except  (the original error is reported instead)
+    return None
+
+
+def parse_flags(argv: List[str]) -> List[str]:
+  """absl's flag parsing, with configuration mistakes reported in one line and exit code 2."""
+  try:
+    config_arg = _config_value(argv)
+    if config_arg:
+      check_config_arg(config_arg)
+      runtime.quiet_native_logs(argv)  # Before the config file loads TensorFlow.
+    remaining = FLAGS(argv)
+    if FLAGS.config is not None:
+      FLAGS.config.get('seed')  # A config file that failed to load raises here.
+    return remaining
+  except errors.UserError as error:
+    _exit_with_error(str(error))
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError) as error:
+    _exit_with_error(describe_flag_error(error, argv))
+
+
+def _exit_with_error(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
 
 
 def main(argv):
@@ -27,10 +174,9 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   from wysiwyc import train  # pylint: disable=g-import-not-at-top
   from wysiwyc import distributed  # pylint: disable=g-import-not-at-top
-  from wysiwyc import errors  # pylint: disable=g-import-not-at-top
   distributed.maybe_initialize(FLAGS.config)
-  logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
-               jax.process_count(), jax.local_devices())
+  logging.debug('JAX process %d/%d, local devices: %s', jax.process_index(),
+                jax.process_count(), jax.local_devices())
   if jax.process_index() != 0:  # Process 0 logs progress; the others only warnings and errors.
     logging.set_verbosity(logging.WARNING)
   try:
@@ -40,13 +186,12 @@ def main(argv):
     sys.exit(143)
   except errors.UserError as error:
     # Configuration and data problems: a clear message (once), no traceback.
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(2)
+    _exit_with_error(str(error))
 
 
 def cli():
   """Console entry point (`wysiwyc`)."""
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == '__main__':

@@ -1,27 +1,102 @@
-"""Process set-up shared by the command-line tools: quieter library logs, compilation cache."""
+"""Process set-up shared by the command-line tools: quiet library logs, compilation cache.
 
+At the default `--verbosity=0` the tools print their own lines only: the INFO and WARNING lines
+of the libraries (TensorFlow's oneDNN notice, JAX's platform probing, TFDS's "Using custom data
+configuration", orbax's checkpoint chatter) are dropped; their errors still show. `--verbosity=1`
+(absl's flag) brings them back.
+"""
+
+import contextlib
 import logging as pylogging
 import os
+import re
+import sys
+import tempfile
+from typing import Optional, Sequence
 
 from absl import logging
 import jax
 
+# Libraries whose INFO and WARNING lines are dropped at the default verbosity.
+QUIET_LIBRARIES = ('orbax', 'tensorflow_datasets', 'tensorflow', 'etils', 'absl/flags', 'jax',
+                   'jaxlib', 'flax', 'chex', 'optax', 'keras')
 
-# Libraries whose INFO lines drown the progress output; their warnings still show.
-_QUIET_LIBRARIES = ('orbax', 'tensorflow_datasets', 'etils', 'absl/flags')
+_VERBOSITY_FLAG = re.compile(r'^(?:--verbosity|-v|--v)(?:=(.*))?$')
+
+
+def requested_verbosity(argv: Optional[Sequence[str]] = None) -> int:
+  """absl's `--verbosity`/`-v` as given in `argv` (default `sys.argv`), read before flag parsing
+  (which is too late for TensorFlow's C++ logs); 0 when absent or not an integer."""
+  argv = list(sys.argv if argv is None else argv)
+  value = None
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg == '--':
+      break
+    match = _VERBOSITY_FLAG.match(arg)
+    if match:
+      value = match.group(1) if match.group(1) is not None else (
+          argv[i + 1] if i + 1 < len(argv) else None)
+  try:
+    return int(value) if value is not None else 0
+  except ValueError:
+    return 0  # absl's flag parsing reports the bad value.
+
+
+# What TensorFlow's C++ code prints when it loads, before its log level applies.
+_NATIVE_NOTICES = re.compile(r'All log messages before absl::InitializeLog|oneDNN custom operations '
+                             r'are on|cpu_feature_guard|To enable the following instructions')
+
+
+def quiet_native_logs(argv: Optional[Sequence[str]] = None) -> None:
+  """Unless `--verbosity` >= 1: imports TensorFlow without its load-time notices (oneDNN, CPU
+  instructions) and sets its C++ log level to errors (a TF_CPP_MIN_LOG_LEVEL the user set is
+  kept). Call it before anything imports TensorFlow."""
+  if requested_verbosity(argv) >= 1:
+    return
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  with _stderr_without(_NATIVE_NOTICES):
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import,import-outside-toplevel
+
+
+@contextlib.contextmanager
+def _stderr_without(notices: re.Pattern):
+  """Captures file descriptor 2 (C++ and Python writes alike) in the block, then writes back the
+  lines that `notices` does not match, so errors still show."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as capture:
+    os.dup2(capture.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      capture.seek(0)
+      lines = capture.read().decode(errors='replace').splitlines(keepends=True)
+      sys.stderr.write(''.join(line for line in lines if not notices.search(line)))
+      sys.stderr.flush()
+
+
+def _from_library(record: pylogging.LogRecord) -> bool:
+  path = record.pathname.replace(os.sep, '/')
+  return any(f'/{name}/' in path for name in QUIET_LIBRARIES)
 
 
 class _QuietLibraries(pylogging.Filter):
+  """Drops the libraries' records below ERROR; keeps everything of wysiwyc and the tools."""
 
   def filter(self, record: pylogging.LogRecord) -> bool:
-    if record.levelno >= pylogging.WARNING:
-      return True
-    return not any(f'/{name}/' in record.pathname for name in _QUIET_LIBRARIES)
+    return record.levelno >= pylogging.ERROR or not _from_library(record)
 
 
 def quiet_library_logs() -> None:
-  """Keeps INFO logs of wysiwyc, drops the INFO chatter of checkpointing and data libraries."""
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  """Drops the libraries' INFO and WARNING records from absl's handler unless `--verbosity` >= 1
+  (call it after flag parsing, e.g. first thing in `main`)."""
+  handler = logging.get_absl_handler()
+  handler.filters = [f for f in handler.filters if not isinstance(f, _QuietLibraries)]
+  if logging.get_verbosity() < 1:
+    handler.addFilter(_QuietLibraries())
 
 
 def use_compilation_cache() -> None:

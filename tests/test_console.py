@@ -1,0 +1,162 @@
+"""What the command-line tools print: no library chatter at the default verbosity, config mistakes
+in one line (wysiwyc.runtime, wysiwyc.main)."""
+
+import importlib.util
+import logging as pylogging
+import os
+import subprocess
+import sys
+
+from absl import logging
+import pytest
+
+from tests.conftest import REPO, load_config, smoke_config
+from wysiwyc import errors
+from wysiwyc import main
+from wysiwyc import runtime
+
+# Lines the libraries print that a user of the tools has no use for (TensorFlow's C++ notices,
+# JAX's platform probing, TFDS's config dump, orbax's checkpoint chatter).
+CHATTER = ('oneDNN', 'absl::InitializeLog', 'cpu_feature_guard', "backend 'tpu'",
+           'Using custom data configuration', 'read only', 'read_only', 'CheckpointManager',
+           'orbax')
+
+
+def run_cli(*args, timeout=300):
+  result = subprocess.run([sys.executable, '-m', 'wysiwyc.main', *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+  return result, (result.stdout + result.stderr)
+
+
+@pytest.mark.parametrize('argv,expected', [
+    (['x'], 0), (['x', '--verbosity=1'], 1), (['x', '--verbosity', '2'], 2), (['x', '-v', '1'], 1),
+    (['x', '-v=1'], 1), (['x', '--verbosity=-1'], -1), (['x', '--verbosity=abc'], 0),
+    (['x', '--', '--verbosity=1'], 0), (['x', '--verbosity'], 0)])
+def test_requested_verbosity(argv, expected):
+  assert runtime.requested_verbosity(argv) == expected
+
+
+def test_native_log_level_is_set_only_at_default_verbosity(monkeypatch):
+  monkeypatch.delenv('TF_CPP_MIN_LOG_LEVEL', raising=False)
+  runtime.quiet_native_logs(['x', '--verbosity=1'])
+  assert 'TF_CPP_MIN_LOG_LEVEL' not in os.environ
+  runtime.quiet_native_logs(['x'])
+  assert os.environ['TF_CPP_MIN_LOG_LEVEL'] == '2'
+  monkeypatch.setenv('TF_CPP_MIN_LOG_LEVEL', '0')  # the user's own choice is kept
+  runtime.quiet_native_logs(['x'])
+  assert os.environ['TF_CPP_MIN_LOG_LEVEL'] == '0'
+
+
+def test_native_notices_are_dropped_and_other_stderr_kept(capfd):
+  with runtime._stderr_without(runtime._NATIVE_NOTICES):
+    os.write(2, b'I0000 00:00:1.0 1 port.cc:153] oneDNN custom operations are on. ...\n')
+    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are ...\n')
+    os.write(2, b'E0000 something real failed\n')
+    print('python warning', file=sys.stderr)
+  lines = capfd.readouterr().err.splitlines()
+  assert sorted(lines) == ['E0000 something real failed', 'python warning']
+
+
+def record(path, level):
+  return pylogging.LogRecord('absl', level, path, 1, 'message', (), None)
+
+
+def test_library_records_below_error_are_dropped_at_default_verbosity():
+  handler = logging.get_absl_handler()
+  verbosity = logging.get_verbosity()
+  try:
+    logging.set_verbosity(logging.INFO)
+    runtime.quiet_library_logs()
+    orbax = '/venv/site-packages/orbax/checkpoint/checkpoint_manager.py'
+    tfds = '/venv/site-packages/tensorflow_datasets/core/dataset_builder.py'
+    jax_path = '/venv/site-packages/jax/_src/xla_bridge.py'
+    ours = os.path.join(REPO, 'wysiwyc', 'loop.py')
+    assert not handler.filter(record(orbax, pylogging.WARNING))
+    assert not handler.filter(record(tfds, pylogging.WARNING))
+    assert not handler.filter(record(jax_path, pylogging.INFO))
+    assert handler.filter(record(orbax, pylogging.ERROR))
+    assert handler.filter(record(ours, pylogging.INFO))
+    logging.set_verbosity(logging.DEBUG)  # --verbosity=1
+    runtime.quiet_library_logs()
+    assert handler.filter(record(orbax, pylogging.WARNING))
+    assert handler.filter(record(jax_path, pylogging.INFO))
+  finally:
+    logging.set_verbosity(verbosity)
+    handler.filters = [f for f in handler.filters if not isinstance(f, runtime._QuietLibraries)]
+
+
+def test_smoke_main_job_prints_no_library_chatter(tmp_path):
+  from wysiwyc.data import pipeline  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path / 'tfds')
+  pipeline.prepare(smoke_config(data_dir).data)  # TFDS's first-build output is not the subject
+  result, output = run_cli('--config=configs/synthetic.py:smoke', f'--workdir={tmp_path / "w"}',
+                           f'--config.data.data_dir={data_dir}',
+                           '--config.classifier.train.num_epochs=1',
+                           '--config.explainer.train.num_epochs=1',
+                           '--config.eval.num_figure_images=1')
+  assert result.returncode == 0, output[-3000:]
+  assert os.path.exists(tmp_path / 'w' / 'results.md')
+  assert 'explainer' in output and 'ground_truth' in output  # its own lines are still there
+  found = [c for c in CHATTER if c in output]
+  assert not found, output[-5000:]
+
+
+def test_misspelled_config_field_is_one_line(tmp_path):
+  result, output = run_cli('--config=configs/synthetic.py:smoke', f'--workdir={tmp_path}',
+                           '--config.explainer.trian.num_epochs=1')
+  assert result.returncode == 2
+  assert output.strip().splitlines() == [
+      'error: unknown config field explainer.trian; did you mean explainer.train?']
+  assert not os.listdir(tmp_path)
+
+
+def test_misspelled_variant_is_one_line(tmp_path):
+  result, output = run_cli('--config=configs/synthetic.py:smok', f'--workdir={tmp_path}')
+  assert result.returncode == 2
+  lines = output.strip().splitlines()
+  assert len(lines) == 1, output
+  assert lines[0].startswith('error: unknown config variant smok of configs/synthetic.py; '
+                             'did you mean smoke?')
+
+
+def test_help_lists_config_files_variants_and_where_fields_are_documented():
+  result, output = run_cli('--help')
+  assert 'Traceback' not in output and result.returncode in (0, 1), output[-2000:]  # absl: 1
+  for name, _, variants in main.config_catalog():
+    assert f'{name} (variants: {", ".join(variants) or "none"})' in output
+  assert 'synthetic.py (variants:' in output and 'smoke' in output
+  assert 'documented by the comments of its config file' in output
+
+
+def test_config_catalog_reads_variants_without_running_the_files():
+  catalog = {name: (summary, variants) for name, summary, variants in main.config_catalog()}
+  spec = importlib.util.spec_from_file_location('synthetic_config',
+                                                os.path.join(main.CONFIGS_DIR, 'synthetic.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert catalog['synthetic.py'][1] == tuple(sorted(module.VARIANTS))
+  assert 'smoke' in catalog['synthetic_self_explainer.py'][1]
+  assert catalog['synthetic.py'][0].startswith('The Explainer on the synthetic shapes')
+
+
+def test_unknown_config_field_suggests_the_closest_path():
+  config = load_config('synthetic', 'smoke')
+  assert main.unknown_config_field(config, 'explainer.train.num_epochs') is None
+  assert main.unknown_config_field(config, 'explainer.trian.num_epochs') == (
+      'unknown config field explainer.trian; did you mean explainer.train?')
+  assert main.unknown_config_field(config, 'seeed') == 'unknown config field seeed; did you mean seed?'
+  assert main.unknown_config_field(config, 'zzz.q') == 'unknown config field zzz'
+  # A field below a leaf (an int has no fields).
+  assert main.unknown_config_field(config, 'seed.x') == 'unknown config field seed.x'
+
+
+def test_check_config_arg(tmp_path):
+  synthetic = os.path.join(main.CONFIGS_DIR, 'synthetic.py')
+  main.check_config_arg(f'{synthetic}:smoke,rts')
+  with pytest.raises(errors.UserError, match='did you mean rts'):
+    main.check_config_arg(f'{synthetic}:smoke,rst')
+  with pytest.raises(errors.UserError, match='no config file'):
+    main.check_config_arg(str(tmp_path / 'nope.py'))
+  own = tmp_path / 'own.py'  # a config file outside configs/ checks its own variants
+  own.write_text('VARIANTS = ("a",)\n')
+  main.check_config_arg(f'{own}:b')
