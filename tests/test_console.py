@@ -80,6 +80,13 @@ def test_library_records_below_error_are_dropped_at_default_verbosity():
     runtime.quiet_library_logs()
     assert handler.filter(record(orbax, pylogging.WARNING))
     assert handler.filter(record(jax_path, pylogging.INFO))
+    assert not handler.filter(record(jax_path, pylogging.DEBUG))
+    assert not handler.filter(record('/usr/lib/python3/matplotlib/font_manager.py',
+                                     pylogging.DEBUG))
+    assert handler.filter(record(ours, pylogging.DEBUG))
+    logging.set_verbosity(2)
+    runtime.quiet_library_logs()
+    assert handler.filter(record(jax_path, pylogging.DEBUG))
   finally:
     logging.set_verbosity(verbosity)
     handler.filters = [f for f in handler.filters if not isinstance(f, runtime._QuietLibraries)]

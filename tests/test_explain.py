@@ -14,7 +14,7 @@ from tests.conftest import REPO, fabricate_workdir, smoke_config
 from wysiwyc import errors
 from wysiwyc import explain
 
-CLASSES = ('circle', 'square', 'triangle')
+CLASSES = ('square', 'circle', 'triangle')  # not alphabetical: the JSON keeps this order
 
 
 @pytest.fixture(scope='module')
@@ -143,13 +143,51 @@ def test_cli_writes_outputs_reports_problems_and_leaves_workdir_alone(tmp_path, 
                            f'--out={out}', *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
   assert result.returncode == 1, result.stderr
+  # One line per problem on stderr, one per explained image on stdout, and nothing else.
+  assert len(result.stderr.splitlines()) == 2, result.stderr[-3000:]
   assert 'missing.png: no such file' in result.stderr
   assert 'notes.png: not an image' in result.stderr
-  assert 'Traceback' not in result.stderr
-  for key in ('rgb', 'jpeg', 'gray', 'rgba', 'gray16', 'tiny'):
+  good = ('rgb', 'jpeg', 'gray', 'rgba', 'gray16', 'tiny')
+  lines = result.stdout.splitlines()
+  assert len(lines) == len(good), result.stdout
+  for key, line in zip(good, lines):
     stem = paths[key].stem
+    assert line.startswith(f'{paths[key]}: predicted ')
+    assert line.endswith(f'; wrote {out / stem}.png and {out / stem}.json')
     summary = json.loads((out / f'{stem}.json').read_text())
-    assert set(summary['probabilities']) == set(CLASSES)
+    assert list(summary['probabilities']) == list(CLASSES)  # class order, not alphabetical
+    assert list(summary['mask_area']) == list(CLASSES)
+    assert summary['threshold'] == 0.5
+    assert summary['predicted'] == [c for c in CLASSES if summary['probabilities'][c] > 0.5]
     assert all(0 <= v <= 1 for v in summary['mask_area'].values())
     assert (out / f'{stem}.png').stat().st_size > 0
   assert tree_digest(workdir) == before
+
+
+@pytest.mark.parametrize('suffix', ['.jpg', '.png'])
+def test_exif_orientation_is_applied(tmp_path, suffix):
+  """A photo stored 30 wide and 40 high with orientation 6 (rotate 90 degrees clockwise to view)
+  is read as viewers show it: 40 wide and 30 high, its stored first row now its last column."""
+  stored = np.zeros((40, 30, 3), np.uint8)
+  stored[:4] = 255  # a white band along the stored top
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  path = tmp_path / f'phone{suffix}'
+  Image.fromarray(stored).save(path, exif=exif)
+  image = explain.read_image(str(path))
+  assert image.shape == (30, 40, 3)
+  assert image[:, -3:].mean() > 200 and image[:, :-6].mean() < 30
+
+
+def test_explanation_figure_has_no_ground_truth_panel(explainer):
+  import matplotlib.pyplot as plt
+  image = np.random.default_rng(3).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+  probs = np.array([0.7, 0.2, 0.6], np.float32)
+  fig = explain.explanation_figure(image, explainer.masks(image), probs, CLASSES, 0.5)
+  try:
+    assert [ax.get_title() for ax in fig.axes] == ['image', *CLASSES]
+    weights = [ax.xaxis.label.get_fontweight() for ax in fig.axes[1:]]
+    assert weights == ['bold', 'normal', 'bold']  # bold: predicted, as in the main job's figure
+    assert any('bold: predicted (p > 0.5)' in t.get_text() for t in fig.texts)
+  finally:
+    plt.close(fig)

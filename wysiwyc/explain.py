@@ -7,7 +7,9 @@ Python:
   masks = explainer.masks(images)        # uint8 (B,H,W,3) -> (B,H,W,C) in [0,1]
   probs = explainer.predict(images)      # (B,C) class probabilities
 
-Command line (one overlay PNG and one JSON per image; the workdir is only read):
+Command line (per image: a figure `<name>.png` and the scores `<name>.json`; the workdir is only
+read; one line per image on stdout, one per problem on stderr; `--verbosity=1` adds the libraries'
+logs):
 
   python -m wysiwyc.explain --workdir=workdirs/synthetic --out=explanations img1.png img2.jpg
 """
@@ -26,11 +28,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 
 from wysiwyc import checkpointing
 from wysiwyc import errors
 from wysiwyc import models
-from wysiwyc.data import pipeline
+from wysiwyc import runtime
+from wysiwyc import viz
+# The pipelines' normalization, from a module that does not load TensorFlow (wysiwyc.data does).
+from wysiwyc.attribution.common import IMAGENET_MEAN, IMAGENET_STD
 
 # Larger images are refused rather than risking the machine's memory; downscale them first.
 MAX_PIXELS = 50_000_000
@@ -94,7 +100,7 @@ def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def normalize(images_uint8: np.ndarray) -> np.ndarray:
-  mean, std = np.asarray(pipeline.IMAGENET_MEAN), np.asarray(pipeline.IMAGENET_STD)
+  mean, std = np.asarray(IMAGENET_MEAN), np.asarray(IMAGENET_STD)
   return ((images_uint8.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
 
 
@@ -150,7 +156,8 @@ def load(workdir: str) -> Explainer:
 
 
 def read_image(path: str) -> np.ndarray:
-  """Reads any PIL-readable image as uint8 RGB; refuses what cannot be explained, saying why."""
+  """Reads any PIL-readable image as uint8 RGB, turned upright as its EXIF orientation says (as
+  viewers show phone photos); refuses what cannot be explained, saying why."""
   if not os.path.exists(path):
     raise errors.UserError(f'{path}: no such file.')
   if os.path.isdir(path):
@@ -161,7 +168,7 @@ def read_image(path: str) -> np.ndarray:
       if width * height > MAX_PIXELS:
         raise errors.UserError(f'{path}: {width}x{height} is larger than {MAX_PIXELS:,} pixels; '
                                'downscale it first.')
-      return to_rgb_uint8(image)
+      return to_rgb_uint8(ImageOps.exif_transpose(image))
   except errors.UserError:
     raise
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
@@ -184,9 +191,11 @@ def to_rgb_uint8(image: Image.Image) -> np.ndarray:
   return np.asarray(image.convert('RGB'), dtype=np.uint8)
 
 
-def explain_files(explainer: Explainer, paths: Sequence[str], out_dir: str) -> List[str]:
-  """Writes `<name>.png` (overlays) and `<name>.json` per image; returns the error messages."""
-  from wysiwyc import viz  # pylint: disable=g-import-not-at-top
+def explain_files(explainer: Explainer, paths: Sequence[str], out_dir: str,
+                  threshold: float = viz.PREDICTED_THRESHOLD) -> List[str]:
+  """Writes `<name>.png` (the figure) and `<name>.json` (the scores) per image and prints one line
+  naming them; returns the error messages. A class is predicted when its probability exceeds
+  `threshold`."""
   os.makedirs(out_dir, exist_ok=True)
   problems, used_names = [], set()
   for path in paths:
@@ -196,25 +205,38 @@ def explain_files(explainer: Explainer, paths: Sequence[str], out_dir: str) -> L
       problems.append(str(error))
       continue
     masks, probs = explainer.masks(image), explainer.predict(image)
-    name = _unique_name(os.path.splitext(os.path.basename(path))[0], used_names)
-    summary = {
-        'image': os.path.abspath(path), 'height': image.shape[0], 'width': image.shape[1],
-        'probabilities': {c: round(float(p), 6) for c, p in zip(explainer.class_names, probs)},
-        'mask_area': {c: round(float(masks[..., i].mean()), 6)
-                      for i, c in enumerate(explainer.class_names)},
-        'predicted': [c for c, p in zip(explainer.class_names, probs) if p > 0.5],
-    }
-    checkpointing.write_json_atomic(os.path.join(out_dir, f'{name}.json'), summary)
-    display = _display_size(image.shape[:2])
-    small = np.asarray(Image.fromarray(image).resize(display[::-1], Image.BILINEAR))
-    small_masks = np.asarray(jax.image.resize(masks, display + masks.shape[-1:], 'bilinear'))
-    fig = viz.plot_class_masks(small[None], small_masks[None], np.zeros_like(small_masks[None]),
-                               (probs[None] > 0.5).astype(np.float32), probs[None],
-                               explainer.class_names)
-    viz.save_figure(fig, os.path.join(out_dir, f'{name}.png'))
-    print(f'{path}: predicted {", ".join(summary["predicted"]) or "(none)"} -> '
-          f'{os.path.join(out_dir, name)}.png/.json')
+    summary = scores(path, image, masks, probs, explainer.class_names, threshold)
+    name = os.path.join(out_dir, _unique_name(os.path.splitext(os.path.basename(path))[0],
+                                              used_names))
+    checkpointing.write_text_atomic(f'{name}.json', json.dumps(summary, indent=2) + '\n')
+    viz.save_figure(explanation_figure(image, masks, probs, explainer.class_names, threshold),
+                    f'{name}.png')
+    print(f'{path}: predicted {", ".join(summary["predicted"]) or "nothing"}; wrote {name}.png '
+          f'and {name}.json')
   return problems
+
+
+def scores(path: str, image: np.ndarray, masks: np.ndarray, probs: np.ndarray,
+           class_names: Sequence[str], threshold: float) -> dict:
+  """The JSON of one image: the classifier's probabilities and the masks' areas, in class order."""
+  return {
+      'image': os.path.abspath(path), 'height': image.shape[0], 'width': image.shape[1],
+      'threshold': threshold,
+      'predicted': [c for c, p in zip(class_names, probs) if p > threshold],
+      'probabilities': {c: round(float(p), 6) for c, p in zip(class_names, probs)},
+      'mask_area': {c: round(float(masks[..., i].mean()), 6) for i, c in enumerate(class_names)},
+  }
+
+
+def explanation_figure(image: np.ndarray, masks: np.ndarray, probs: np.ndarray,
+                       class_names: Sequence[str], threshold: float):
+  """The image and each class's mask over it (at most 160 px on the longer side), with the
+  classifier's probabilities; no ground-truth panel, a new image has none."""
+  display = _display_size(image.shape[:2])
+  small = np.asarray(Image.fromarray(image).resize(display[::-1], Image.BILINEAR))
+  small_masks = np.asarray(jax.image.resize(masks, display + masks.shape[-1:], 'bilinear'))
+  return viz.plot_class_masks(small[None], small_masks[None], None, None, probs[None],
+                              class_names, threshold)
 
 
 def _display_size(shape, longest: int = 160) -> Tuple[int, int]:
@@ -235,12 +257,14 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+  runtime.quiet_library_logs()
   paths = argv[1:]
   if not FLAGS.workdir or not FLAGS.out or not paths:
     print('usage: python -m wysiwyc.explain --workdir=W --out=DIR IMAGE...', file=sys.stderr)
     sys.exit(2)
   try:
-    explainer = load(FLAGS.workdir)
+    with runtime.native_notices_dropped():  # a self-explainer workdir loads TensorFlow
+      explainer = load(FLAGS.workdir)
   except errors.UserError as error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(2)

@@ -3,7 +3,7 @@
 At the default `--verbosity=0` the tools print their own lines only: the INFO and WARNING lines
 of the libraries (TensorFlow's oneDNN notice, JAX's platform probing, TFDS's "Using custom data
 configuration", orbax's checkpoint chatter) are dropped; their errors still show. `--verbosity=1`
-(absl's flag) brings them back.
+(absl's flag) brings them back, `--verbosity=2` adds their DEBUG lines.
 """
 
 import contextlib
@@ -51,11 +51,20 @@ def quiet_native_logs(argv: Optional[Sequence[str]] = None) -> None:
   """Unless `--verbosity` >= 1: imports TensorFlow without its load-time notices (oneDNN, CPU
   instructions) and sets its C++ log level to errors (a TF_CPP_MIN_LOG_LEVEL the user set is
   kept). Call it before anything imports TensorFlow."""
+  with native_notices_dropped(argv):
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import,import-outside-toplevel
+
+
+@contextlib.contextmanager
+def native_notices_dropped(argv: Optional[Sequence[str]] = None):
+  """Runs the block (which may import TensorFlow) without TensorFlow's load-time notices and with
+  its C++ log level at errors, unless `--verbosity` >= 1."""
   if requested_verbosity(argv) >= 1:
+    yield
     return
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   with _stderr_without(_NATIVE_NOTICES):
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import,import-outside-toplevel
+    yield
 
 
 @contextlib.contextmanager
@@ -78,25 +87,45 @@ def _stderr_without(notices: re.Pattern):
       sys.stderr.flush()
 
 
+# The project's own code (wysiwyc/, experiments/, tests/), whose records always pass.
+_PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))).replace(os.sep, '/') + '/'
+
+
 def _from_library(record: pylogging.LogRecord) -> bool:
   path = record.pathname.replace(os.sep, '/')
   return any(f'/{name}/' in path for name in QUIET_LIBRARIES)
 
 
+def _from_project(record: pylogging.LogRecord) -> bool:
+  path = record.pathname.replace(os.sep, '/')
+  return path.startswith(_PROJECT) and '-packages/' not in path
+
+
 class _QuietLibraries(pylogging.Filter):
-  """Drops the libraries' records below ERROR; keeps everything of wysiwyc and the tools."""
+  """Keeps the project's records; drops the others below INFO, and those of QUIET_LIBRARIES
+  below `library_level`."""
+
+  def __init__(self, library_level: int):
+    super().__init__()
+    self.library_level = library_level
 
   def filter(self, record: pylogging.LogRecord) -> bool:
-    return record.levelno >= pylogging.ERROR or not _from_library(record)
+    if _from_project(record):
+      return True
+    if _from_library(record):
+      return record.levelno >= self.library_level
+    return record.levelno >= pylogging.INFO
 
 
 def quiet_library_logs() -> None:
-  """Drops the libraries' INFO and WARNING records from absl's handler unless `--verbosity` >= 1
-  (call it after flag parsing, e.g. first thing in `main`)."""
+  """Filters absl's handler by the parsed `--verbosity` (call it after flag parsing, e.g. first
+  thing in `main`): at 0 the libraries show errors only, at 1 also their INFO and WARNING lines,
+  from 2 on also their DEBUG lines (thousands per run)."""
   handler = logging.get_absl_handler()
   handler.filters = [f for f in handler.filters if not isinstance(f, _QuietLibraries)]
-  if logging.get_verbosity() < 1:
-    handler.addFilter(_QuietLibraries())
+  verbosity = logging.get_verbosity()
+  if verbosity < 2:
+    handler.addFilter(_QuietLibraries(pylogging.ERROR if verbosity < 1 else pylogging.INFO))
 
 
 def use_compilation_cache() -> None:
