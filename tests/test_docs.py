@@ -1,0 +1,112 @@
+"""Checks of README.md and docs/: relative links resolve, and the README's two commands are the
+ones that run (the test command is what .ci/run runs; the main job's flags parse)."""
+
+import glob
+import os
+import re
+import shlex
+from typing import List, Tuple
+from urllib.parse import unquote, urlparse
+
+import markdown_it
+import pytest
+
+from tests.conftest import REPO, load_config
+from wysiwyc import main
+
+PAGES = [os.path.join(REPO, 'README.md')] + sorted(glob.glob(os.path.join(REPO, 'docs', '*.md')))
+
+
+def read(path: str) -> str:
+  with open(path, encoding='utf-8') as f:
+    return f.read()
+
+
+def links(path: str) -> List[str]:
+  """The targets of a page's Markdown links and images (not of code that looks like one)."""
+  targets = []
+  for token in markdown_it.MarkdownIt().parse(read(path)):
+    for child in token.children or []:
+      if child.type == 'link_open':
+        targets.append(child.attrs['href'])
+      elif child.type == 'image':
+        targets.append(child.attrs['src'])
+  return targets
+
+
+def slug(heading: str) -> str:
+  """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+  return re.sub(r'[^\w\- ]', '', heading.strip().lower()).replace(' ', '-')
+
+
+def anchors(path: str) -> set:
+  seen, result = {}, set()
+  for token_index, token in enumerate(tokens := markdown_it.MarkdownIt().parse(read(path))):
+    if token.type == 'heading_open':
+      base = slug(tokens[token_index + 1].content)
+      count = seen.get(base, 0)
+      seen[base] = count + 1
+      result.add(base if count == 0 else f'{base}-{count}')
+  return result
+
+
+def relative_links() -> List[Tuple[str, str]]:
+  return [(page, target) for page in PAGES for target in links(page)
+          if not urlparse(target).scheme and not target.startswith('//')]
+
+
+def test_pages_have_links_to_check():
+  targets = [target for _, target in relative_links()]
+  assert 'docs/synthetic.md' in targets  # the parser finds the README's links
+
+
+@pytest.mark.parametrize('page,target', relative_links(),
+                         ids=lambda value: os.path.relpath(value, REPO) if os.path.isabs(
+                             str(value)) else str(value))
+def test_relative_link_resolves(page, target):
+  file_part, _, anchor = target.partition('#')
+  path = os.path.normpath(os.path.join(os.path.dirname(page), unquote(file_part))) if file_part \
+      else page
+  assert os.path.exists(path), f'{os.path.relpath(page, REPO)} links to missing {target}'
+  if anchor and path.endswith('.md'):
+    assert anchor in anchors(path), f'{os.path.relpath(page, REPO)}: no heading #{anchor} in {path}'
+
+
+def test_anchor_slugs_follow_github():
+  assert slug('What a good run gives, and how to read it') == 'what-a-good-run-gives-and-how-to-read-it'
+  assert slug('The Explainer against the baselines') == 'the-explainer-against-the-baselines'
+  assert slug('`iou@0.5` and F1') == 'iou05-and-f1'
+
+
+def readme_commands() -> List[str]:
+  """The README's indented code lines, in order (its first two are the commands to run)."""
+  return [line[4:] for line in read(os.path.join(REPO, 'README.md')).splitlines()
+          if line.startswith('    ') and line.strip()]
+
+
+def test_readme_test_command_is_what_ci_runs():
+  ci = [line for line in read(os.path.join(REPO, '.ci', 'run')).splitlines()
+        if line and not line.startswith(('#', 'set ', 'cd '))]
+  assert readme_commands()[1] == ci[-1]
+
+
+def test_readme_main_command_is_a_valid_main_job():
+  setup, _, run = readme_commands()[0].rpartition(' && ')
+  assert setup == 'python3 -m venv .venv && .venv/bin/pip install -e .'
+  args = shlex.split(run)
+  assert args[:3] == ['.venv/bin/python', '-m', 'wysiwyc.main']
+  flags = dict(arg[2:].split('=', 1) for arg in args[3:])
+  assert set(flags) == {'config', 'workdir'}, flags  # plain --config and --workdir
+  config_file, _, variants = flags['config'].partition(':')
+  main.check_config_arg(os.path.join(REPO, config_file) + (f':{variants}' if variants else ''))
+  assert not variants, 'the front-page command runs the default config'
+  name = os.path.splitext(os.path.basename(config_file))[0]
+  assert load_config(name).data.name  # the config loads
+
+
+@pytest.mark.parametrize('page', PAGES, ids=lambda page: os.path.relpath(page, REPO))
+def test_pages_do_not_point_at_the_trackers_history(page):
+  """Pages are written for a user: no issue numbers or the design notes' seed numbers."""
+  text = read(page)
+  found = re.findall(r'\bissues?\s*#?\d+|(?<![\w`])#\d+\b|\bseed 00\d\b', text, re.IGNORECASE)
+  assert not found, f'{os.path.relpath(page, REPO)}: {found}'
