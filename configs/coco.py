@@ -6,7 +6,7 @@ masks rasterized from the instance annotations.
 
   python -m wysiwyc.main --config=configs/coco.py --workdir=workdirs/coco_resnet50
 
-Needs (README, "Real data sets"): the seven archives TFDS's coco/2014 is made from (train2014,
+Needs (docs/real_data.md): the seven archives TFDS's coco/2014 is made from (train2014,
 val2014, test2014, test2015 zips and three annotation zips, ~40 GB) in
 <data_dir>/downloads/manual (or --config.data.manual_dir=DIR), or network; and
 resnet50_weights.h5 in <weights_dir>/flaxmodels/ (--config.weights_dir=DIR). Without them the

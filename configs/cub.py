@@ -5,7 +5,7 @@ weights are their defaults, VOC's), evaluated on the test split against the bird
 
   python -m wysiwyc.main --config=configs/cub.py --workdir=workdirs/cub_vgg16
 
-Needs (README, "Real data sets"): CUB_200_2011.tgz and segmentations.tgz in
+Needs (docs/real_data.md): CUB_200_2011.tgz and segmentations.tgz in
 <data_dir>/downloads/manual (or --config.data.manual_dir=DIR), or network, and OpenCV
 (opencv-python-headless) to prepare them; vgg16_weights.h5 and resnet50_weights.h5 in
 <weights_dir>/flaxmodels/ (--config.weights_dir=DIR). Without them the run stops at once with a

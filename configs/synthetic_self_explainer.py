@@ -1,4 +1,4 @@
-r"""The self-explaining classifier (seed 002) on the synthetic shapes data set.
+r"""The self-explaining classifier on the synthetic shapes data set.
 
 One U-Net gives the per-class masks, and its logits are the masks' spatial means: the label and
 its explanation come from the same forward pass (wysiwyc/self_explainer.py). The data, U-Net and
@@ -14,10 +14,9 @@ Tiny run (about a minute on 2 CPU cores):
 
   python -m wysiwyc.main --config=configs/synthetic_self_explainer.py:smoke --workdir=/tmp/se
 
-Measured (2 CPU cores; see the README's "Self-explaining classifier"): 70 minutes; test split:
-its own per-class accuracy 0.990 (the separate classifier: 0.979); its masks merged iou@0.5 0.293,
-per-class 0.277, class specificity other/own 0.036 (the Explainer from random weights at the
-time: 0.553, 0.329, 0.950). Its U-Net is shipped as the Explainer's start,
+Measured (2 CPU cores; docs/self_explainer.md): 70 minutes; test split: its own per-class
+accuracy 0.990 (the separate classifier: 0.979); its masks merged iou@0.5 0.293, per-class 0.277,
+class specificity other/own 0.036. Its U-Net is shipped as the Explainer's start,
 zoo:synthetic_shapes_unet (experiments/train_zoo_explainer.py).
 
 Change the network through `explainer.*` (e.g. `--config.explainer.kwargs.width=32`); the

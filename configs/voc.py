@@ -3,7 +3,7 @@ the DeepLabV3-ResNet50 Explainer trained against it, evaluated on the 210 segmen
 
   python -m wysiwyc.main --config=configs/voc.py --workdir=workdirs/voc_vgg16
 
-Needs (README, "Real data sets"): VOCtrainval_06-Nov-2007.tar and VOCtest_06-Nov-2007.tar in
+Needs (docs/real_data.md): VOCtrainval_06-Nov-2007.tar and VOCtest_06-Nov-2007.tar in
 <data_dir>/downloads/manual (or --config.data.manual_dir=DIR), or network; and
 vgg16_weights.h5 and resnet50_weights.h5 (flaxmodels' ImageNet files) in
 <weights_dir>/flaxmodels/ (--config.weights_dir=DIR). Without them the run stops at once with a
