@@ -191,3 +191,11 @@ def test_explanation_figure_has_no_ground_truth_panel(explainer):
     assert any('bold: predicted (p > 0.5)' in t.get_text() for t in fig.texts)
   finally:
     plt.close(fig)
+
+
+def test_cli_flag_mistake_is_one_line(tmp_path):
+  result = subprocess.run([sys.executable, '-m', 'wysiwyc.explain', '--wokdir=x', 'a.png'],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert result.stdout == '' and len(result.stderr.splitlines()) == 1, result.stderr
+  assert result.stderr.startswith("error: Unknown command line flag 'wokdir'")

@@ -277,8 +277,17 @@ def main(argv):
 def cli():
   """Console entry point (`wysiwyc-explain`); flags are defined here so importing is free."""
   flags.DEFINE_string('workdir', None, 'A trained wysiwyc workdir (read only).')
-  flags.DEFINE_string('out', None, 'Folder for the overlay PNGs and JSON files.')
-  app.run(main)
+  flags.DEFINE_string('out', None, 'Folder for the figures (PNG) and scores (JSON).')
+  app.run(main, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: List[str]) -> List[str]:
+  """absl's flag parsing; a mistake is one line and exit code 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as error:
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == '__main__':
