@@ -33,8 +33,12 @@ import ml_collections
 from ml_collections import config_flags
 
 from wysiwyc import checkpointing
+from wysiwyc import data_parallel
+from wysiwyc import run_setup
 from wysiwyc import runtime
+from wysiwyc import stages
 from wysiwyc import train
+from wysiwyc import train_steps
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/synthetic.py', 'Base experiment config.',
@@ -108,7 +112,7 @@ def variant_config(base: ml_collections.ConfigDict, overrides, classifier_dir: s
                    eval_examples: int) -> ml_collections.ConfigDict:
   config = apply_overrides(base, overrides)
   config.classifier.checkpoint = classifier_dir
-  train.set_step_budget(config.explainer.train, steps)
+  train_steps.set_step_budget(config.explainer.train, steps)
   config.explainer.train.num_epochs = 10_000  # the step budget decides
   config.explainer.train.patience = 10_000
   config.eval.max_examples = eval_examples
@@ -121,9 +125,9 @@ def train_classifier(config, directory: str) -> None:
   from wysiwyc.data import pipeline  # pylint: disable=g-import-not-at-top
   os.makedirs(directory, exist_ok=True)
   spec = pipeline.prepare(config.data)
-  train.write_workdir_description(config, spec, directory)
-  train.classifier_stage(config, spec, directory, train.create_mesh(),
-                         jax.random.fold_in(jax.random.key(config.seed), 1))
+  run_setup.write_workdir_description(config, spec, directory)
+  stages.classifier_stage(config, spec, directory, data_parallel.create_mesh(),
+                          jax.random.fold_in(jax.random.key(config.seed), 1))
 
 
 def variant_folder(name: str) -> str:

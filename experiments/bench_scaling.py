@@ -37,7 +37,9 @@ def time_explainer_step(config, num_devices: int, steps: int) -> dict:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
-  from wysiwyc import train  # pylint: disable=g-import-not-at-top
+  from wysiwyc import data_parallel  # pylint: disable=g-import-not-at-top
+  from wysiwyc import model_setup  # pylint: disable=g-import-not-at-top
+  from wysiwyc import train_steps  # pylint: disable=g-import-not-at-top
   from wysiwyc.data import pipeline  # pylint: disable=g-import-not-at-top
   devices = jax.devices()[:num_devices]
   if len(devices) < num_devices:
@@ -48,17 +50,20 @@ def time_explainer_step(config, num_devices: int, steps: int) -> dict:
                            image_size=size, multilabel=True, num_examples={})
   tc = config.explainer.train
   micro_batches = tc.get('grad_accum_steps', 1)
-  train.check_batch_size(tc.batch_size, mesh, 'explainer.train.batch_size', micro_batches)
+  data_parallel.check_batch_size(tc.batch_size, mesh, 'explainer.train.batch_size', micro_batches)
   rng = jax.random.key(0)
-  classifier, explainer = train.build_classifier(config, spec), train.build_explainer(config, spec)
-  classifier_variables = train.replicate(train.init_state(
-      classifier, train.make_optimizer(config.classifier.train), rng, size).variables(), mesh)
-  tx = train.make_optimizer(tc)
-  state = train.replicate(train.init_state(explainer, tx, rng, size), mesh)
-  step = train.jit_train_step(train.make_explainer_train_step(
-      explainer, classifier, tx, train.explainer_loss_fn(config, True), micro_batches), mesh, 1)
+  classifier = model_setup.build_classifier(config, spec)
+  explainer = model_setup.build_explainer(config, spec)
+  classifier_variables = data_parallel.replicate(train_steps.init_state(
+      classifier, train_steps.make_optimizer(config.classifier.train), rng, size).variables(), mesh)
+  tx = train_steps.make_optimizer(tc)
+  state = data_parallel.replicate(train_steps.init_state(explainer, tx, rng, size), mesh)
+  loss_fn = train_steps.explainer_loss_fn(config, True)
+  step = train_steps.jit_train_step(
+      train_steps.make_explainer_train_step(explainer, classifier, tx, loss_fn, micro_batches),
+      mesh, 1)
   data = np.random.default_rng(0)
-  batch = train.shard_batch({
+  batch = data_parallel.shard_batch({
       'image': data.normal(size=(tc.batch_size, size, size, 3)).astype(np.float32),
       'labels': (data.random((tc.batch_size, num_classes)) < 0.3).astype(np.float32)}, mesh)
   start = time.perf_counter()

@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
-from wysiwyc import train
+from wysiwyc import data_parallel
+from wysiwyc import model_setup
+from wysiwyc import train_steps
 from wysiwyc.data import pipeline
 
 FLAGS = flags.FLAGS
@@ -49,25 +51,26 @@ def main(argv):
   size, num_classes = config.data.image_size, config.data.synthetic.num_classes
   spec = pipeline.DataSpec(name='bench', class_names=tuple(map(str, range(num_classes))),
                            image_size=size, multilabel=True, num_examples={})
-  mesh = train.create_mesh()
+  mesh = data_parallel.create_mesh()
   rng = jax.random.key(0)
-  classifier = train.build_classifier(config, spec)
-  c_tx = train.make_optimizer(config.classifier.train)
-  c_state = train.replicate(train.init_state(classifier, c_tx, rng, size), mesh)
-  c_step = train.jit_train_step(train.make_classifier_train_step(classifier, c_tx, True), mesh)
+  classifier = model_setup.build_classifier(config, spec)
+  c_tx = train_steps.make_optimizer(config.classifier.train)
+  c_state = data_parallel.replicate(train_steps.init_state(classifier, c_tx, rng, size), mesh)
+  c_step = train_steps.jit_train_step(
+      train_steps.make_classifier_train_step(classifier, c_tx, True), mesh)
   bs = config.classifier.train.batch_size
-  c_batch = train.shard_batch(random_batch(bs, size, num_classes), mesh)
+  c_batch = data_parallel.shard_batch(random_batch(bs, size, num_classes), mesh)
   c_frozen = jax.tree.map(jnp.copy, c_state.variables())  # c_state is donated below
   seconds = time_steps(lambda s, b: c_step(s, b, rng), c_state, c_batch, FLAGS.steps)
   print(f'classifier  batch {bs:4d}: {seconds:.3f} s/step, {bs / seconds:7.1f} images/s')
 
-  explainer = train.build_explainer(config, spec)
-  e_tx = train.make_optimizer(config.explainer.train)
-  e_state = train.replicate(train.init_state(explainer, e_tx, rng, size), mesh)
-  e_step = train.jit_train_step(train.make_explainer_train_step(
-      explainer, classifier, e_tx, train.explainer_loss_fn(config, True)), mesh, 1)
+  explainer = model_setup.build_explainer(config, spec)
+  e_tx = train_steps.make_optimizer(config.explainer.train)
+  e_state = data_parallel.replicate(train_steps.init_state(explainer, e_tx, rng, size), mesh)
+  e_step = train_steps.jit_train_step(train_steps.make_explainer_train_step(
+      explainer, classifier, e_tx, train_steps.explainer_loss_fn(config, True)), mesh, 1)
   bs = config.explainer.train.batch_size
-  e_batch = train.shard_batch(random_batch(bs, size, num_classes), mesh)
+  e_batch = data_parallel.shard_batch(random_batch(bs, size, num_classes), mesh)
   seconds = time_steps(lambda s, b: e_step(s, c_frozen, b, rng), e_state, e_batch, FLAGS.steps)
   print(f'explainer   batch {bs:4d}: {seconds:.3f} s/step, {bs / seconds:7.1f} images/s')
 

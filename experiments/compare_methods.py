@@ -272,13 +272,13 @@ def rts_config(config: ml_collections.ConfigDict, workdir: str, steps: int,
                num_train: int) -> ml_collections.ConfigDict:
   """The workdir's config with the Real-Time Saliency loss and its classifier frozen; trained
   like the Explainer, or for exactly `steps` steps when `steps` > 0."""
-  from wysiwyc import train  # pylint: disable=g-import-not-at-top
+  from wysiwyc import train_steps  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(config.to_dict())
   _rts_variant()(config)
   config.classifier.checkpoint = os.path.abspath(workdir)
   if steps:
     tc = config.explainer.train
-    train.set_step_budget(tc, steps)
+    train_steps.set_step_budget(tc, steps)
     tc.num_epochs = max(1, math.ceil(steps / max(1, num_train // tc.batch_size)))
     tc.patience = max(tc.patience, tc.num_epochs)  # the step budget decides, not early stopping
   # Its own results.json is only a check; the comparison scores it on the comparison's images.

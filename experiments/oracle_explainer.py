@@ -26,7 +26,8 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
-from wysiwyc import train
+from wysiwyc import model_setup
+from wysiwyc import train_steps
 from wysiwyc.data import pipeline
 
 FLAGS = flags.FLAGS
@@ -71,16 +72,16 @@ def main(argv):
   del argv
   config = FLAGS.config
   spec = pipeline.prepare(config.data)
-  model = train.build_explainer(config, spec)
-  train.set_step_budget(config.explainer.train, FLAGS.steps)
-  tx = train.make_optimizer(config.explainer.train)
-  state = train.init_state(model, tx, jax.random.key(config.seed), config.data.image_size)
+  model = model_setup.build_explainer(config, spec)
+  train_steps.set_step_budget(config.explainer.train, FLAGS.steps)
+  tx = train_steps.make_optimizer(config.explainer.train)
+  state = train_steps.init_state(model, tx, jax.random.key(config.seed), config.data.image_size)
 
   @jax.jit
   def step(state, images, class_masks):
     def loss_fn(params):
-      logits, batch_stats = train.apply_model(model, params, state.batch_stats, images,
-                                              train=True)
+      logits, batch_stats = train_steps.apply_model(model, params, state.batch_stats, images,
+                                                    train=True)
       loss = (optax.sigmoid_binary_cross_entropy(logits, class_masks).mean()
               + FLAGS.dice_weight * soft_dice_loss(jax.nn.sigmoid(logits), class_masks))
       return loss, batch_stats
@@ -90,7 +91,7 @@ def main(argv):
                          batch_stats=batch_stats, opt_state=opt_state), loss
 
   predict = jax.jit(lambda state, images: jax.nn.sigmoid(
-      train.apply_model(model, state.params, state.batch_stats, images, train=False)[0]))
+      train_steps.apply_model(model, state.params, state.batch_stats, images, train=False)[0]))
 
   start, done, epoch = time.time(), 0, 0
   while done < FLAGS.steps:

@@ -25,8 +25,10 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from wysiwyc import data_parallel
 from wysiwyc import losses
-from wysiwyc import train
+from wysiwyc import stages
+from wysiwyc import train_steps
 from wysiwyc.data import augment
 from wysiwyc.data import pipeline
 
@@ -53,7 +55,7 @@ def mask_scores(classify, images, foreground, labels, masks, multilabel: bool) -
   kept, dropped = jnp.split(classify(jnp.concatenate([keep * images, (1 - keep) * images])), 2)
   inter = jnp.sum((masks > 0.5) & (foreground > 0.5), axis=(1, 2))
   union = jnp.sum((masks > 0.5) | (foreground > 0.5), axis=(1, 2))
-  accuracy = lambda logits: train.per_class_accuracy(logits, labels, multilabel)
+  accuracy = lambda logits: train_steps.per_class_accuracy(logits, labels, multilabel)
   return {'iou@0.5': jnp.sum(inter / jnp.maximum(union, 1)),
           'accuracy_kept': jnp.sum(accuracy(kept)),
           'accuracy_dropped': jnp.sum(accuracy(dropped)),
@@ -66,10 +68,10 @@ def main(argv):
   del argv
   config = FLAGS.config
   spec = pipeline.prepare(config.data)
-  mesh = train.create_mesh()
+  mesh = data_parallel.create_mesh()
   with tempfile.TemporaryDirectory() as workdir:  # the stage writes classifier/best there
-    classifier, variables = train.classifier_stage(config, spec, workdir, mesh,
-                                                   jax.random.key(config.seed))
+    classifier, variables = stages.classifier_stage(config, spec, workdir, mesh,
+                                                    jax.random.key(config.seed))
   classify = lambda images: classifier.apply(variables, images, train=False)
   score = jax.jit(lambda images, fg, labels, masks: mask_scores(
       classify, images, fg, labels, masks, spec.multilabel))

@@ -20,8 +20,13 @@ import flax
 import jax
 from ml_collections import config_flags
 
+from wysiwyc import data_parallel
+from wysiwyc import loop
+from wysiwyc import run_setup
 from wysiwyc import runtime
+from wysiwyc import stages
 from wysiwyc import train
+from wysiwyc import train_steps
 from wysiwyc.data import pipeline
 from wysiwyc.models import shipped
 
@@ -36,12 +41,12 @@ flags.mark_flag_as_required('workdir')
 
 def split_accuracy(config, spec, mesh, classifier, variables, split: str) -> float:
   """Mean per-class accuracy of the classifier on one split (plain images)."""
-  eval_step = train.jit_eval_step(train.make_classifier_eval_step(classifier, spec.multilabel),
-                                  mesh)
+  eval_step = train_steps.jit_eval_step(
+      train_steps.make_classifier_eval_step(classifier, spec.multilabel), mesh)
   batches = pipeline.as_numpy(pipeline.make_dataset(
       config.data, split, config.eval.batch_size, training=False, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count()))
-  return float(train.evaluate(eval_step, variables, batches, mesh)['accuracy'])
+  return float(loop.evaluate(eval_step, variables, batches, mesh)['accuracy'])
 
 
 def main(argv):
@@ -52,10 +57,10 @@ def main(argv):
   if config.classifier.get('checkpoint', ''):
     raise app.UsageError('The zoo classifier is trained from scratch: use a config whose '
                          "classifier.checkpoint is '' (e.g. configs/synthetic.py:scratch).")
-  mesh = train.create_mesh()
+  mesh = data_parallel.create_mesh()
   spec = train.prepare_data(config.data)
-  train.write_workdir_description(config, spec, FLAGS.workdir)
-  classifier, variables = train.classifier_stage(
+  run_setup.write_workdir_description(config, spec, FLAGS.workdir)
+  classifier, variables = stages.classifier_stage(
       config, spec, FLAGS.workdir, mesh, jax.random.fold_in(jax.random.key(config.seed), 1))
   accuracy = {split: split_accuracy(config, spec, mesh, classifier, variables, split)
               for split in ('validation', 'test')}
@@ -63,7 +68,7 @@ def main(argv):
   print(f'per-class accuracy: validation {accuracy["validation"]:.4f}, '
         f'test {accuracy["test"]:.4f}')
   payload = flax.serialization.msgpack_serialize(
-      jax.tree.map(lambda x: jax.device_get(x), train.fetch_global(variables)))
+      jax.tree.map(lambda x: jax.device_get(x), data_parallel.fetch_global(variables)))
   metadata = {
       'name': FLAGS.name,
       'classifier': {'name': config.classifier.name,

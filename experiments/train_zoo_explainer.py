@@ -24,8 +24,10 @@ import flax
 import jax
 from ml_collections import config_flags
 
+from wysiwyc import model_setup
 from wysiwyc import runtime
 from wysiwyc import train
+from wysiwyc import train_steps
 from wysiwyc.models import shipped
 
 FLAGS = flags.FLAGS
@@ -39,11 +41,11 @@ flags.mark_flag_as_required('workdir')
 
 def trained_explainer_variables(config, class_names, workdir: str) -> dict:
   """The {'params', 'batch_stats'} of `workdir`'s explainer/best, for `config`'s explainer."""
-  explainer = train.build_explainer(config, types.SimpleNamespace(class_names=class_names))
-  state = train.init_state(explainer, train.make_optimizer(config.explainer.train),
-                           jax.random.key(0), config.data.image_size)
+  explainer = model_setup.build_explainer(config, types.SimpleNamespace(class_names=class_names))
+  state = train_steps.init_state(explainer, train_steps.make_optimizer(config.explainer.train),
+                                 jax.random.key(0), config.data.image_size)
   target = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
-  restored = train.restore_stage_variables(workdir, 'explainer', target)
+  restored = model_setup.restore_stage_variables(workdir, 'explainer', target)
   if restored is None:
     raise app.UsageError(f'{workdir} has no explainer/best to ship.')
   return restored

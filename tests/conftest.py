@@ -33,7 +33,6 @@ def fabricate_workdir(workdir: str, config, class_names, seed: int = 0) -> None:
   """A workdir with untrained (random) classifier and explainer checkpoints, as training leaves."""
   from wysiwyc import checkpointing
   from wysiwyc import models
-  from wysiwyc import train
   size = config.data.image_size
   spec = {'name': 'fabricated', 'class_names': list(class_names), 'image_size': size,
           'multilabel': True, 'num_examples': {}}

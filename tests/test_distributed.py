@@ -68,25 +68,28 @@ def explainer_steps(mesh, local_batch: dict, micro_batches: int = 1,
   """
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from wysiwyc import train  # pylint: disable=g-import-not-at-top
+  from wysiwyc import data_parallel  # pylint: disable=g-import-not-at-top
+  from wysiwyc import model_setup  # pylint: disable=g-import-not-at-top
+  from wysiwyc import train_steps  # pylint: disable=g-import-not-at-top
   config = tiny_config(compute_dtype)
   spec = types.SimpleNamespace(class_names=tuple('abc'))
-  classifier, explainer = train.build_classifier(config, spec), train.build_explainer(config, spec)
+  classifier = model_setup.build_classifier(config, spec)
+  explainer = model_setup.build_explainer(config, spec)
   rng = key(0)
-  classifier_variables = train.replicate(train.init_state(
-      classifier, train.make_optimizer(config.classifier.train), key(1),
+  classifier_variables = data_parallel.replicate(train_steps.init_state(
+      classifier, train_steps.make_optimizer(config.classifier.train), key(1),
       IMAGE_SIZE).variables(), mesh)
   tx = optax.sgd(0.5)  # Unlike Adam's, its updates scale with the gradients.
-  state = train.replicate(train.init_state(explainer, tx, rng, IMAGE_SIZE), mesh)
-  step = train.jit_train_step(train.make_explainer_train_step(
-      explainer, classifier, tx, train.explainer_loss_fn(config, multilabel=True),
+  state = data_parallel.replicate(train_steps.init_state(explainer, tx, rng, IMAGE_SIZE), mesh)
+  step = train_steps.jit_train_step(train_steps.make_explainer_train_step(
+      explainer, classifier, tx, train_steps.explainer_loss_fn(config, multilabel=True),
       micro_batches), mesh, num_replicated_args=1)
-  batch = train.shard_batch(local_batch, mesh)
+  batch = data_parallel.shard_batch(local_batch, mesh)
   losses = []
   for _ in range(NUM_STEPS):
     state, aux = step(state, classifier_variables, batch, rng)
-    losses.append(train.fetch_global(aux['loss']))
-  params = train.fetch_global(state.params)
+    losses.append(data_parallel.fetch_global(aux['loss']))
+  params = data_parallel.fetch_global(state.params)
   flat = {jax.tree_util.keystr(path): np.asarray(leaf)
           for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
   return {'losses': np.asarray(losses), 'params': flat}
@@ -102,20 +105,20 @@ def worker_single_process(out: str) -> None:
   """One process with 8 simulated devices: SINGLE_PROCESS_RUNS on sub-meshes of its devices."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
+  from wysiwyc import data_parallel  # pylint: disable=g-import-not-at-top
   from wysiwyc import errors  # pylint: disable=g-import-not-at-top
-  from wysiwyc import train  # pylint: disable=g-import-not-at-top
   assert jax.device_count() == 8, jax.devices()
   arrays = {}
   for devices, micro_batches in SINGLE_PROCESS_RUNS:
     mesh = Mesh(np.asarray(jax.devices()[:devices]), ('data',))
-    train.check_batch_size(GLOBAL_BATCH, mesh, 'batch', micro_batches)
+    data_parallel.check_batch_size(GLOBAL_BATCH, mesh, 'batch', micro_batches)
     arrays.update(_as_arrays(explainer_steps(mesh, global_batch(), micro_batches),
                              prefix=f'{devices}x{micro_batches}/'))
   refusals = []
   for batch_size, micro_batches in ((12, 1), (8, 2)):
     try:
-      train.check_batch_size(batch_size, train.create_mesh(), 'explainer.train.batch_size',
-                             micro_batches)
+      data_parallel.check_batch_size(batch_size, data_parallel.create_mesh(),
+                                     'explainer.train.batch_size', micro_batches)
     except errors.UserError as error:
       refusals.append(str(error))
   arrays['refusals'] = np.asarray(refusals)
@@ -125,19 +128,19 @@ def worker_single_process(out: str) -> None:
 def worker_multi_process(out: str, process_id: str, port: str) -> None:
   """One of two processes (2 simulated devices each) of a gloo-connected CPU 'pod'."""
   import jax  # pylint: disable=g-import-not-at-top
+  from wysiwyc import data_parallel  # pylint: disable=g-import-not-at-top
   from wysiwyc import distributed  # pylint: disable=g-import-not-at-top
-  from wysiwyc import train  # pylint: disable=g-import-not-at-top
   config = tiny_config()
   config.distributed.update(enabled=True, coordinator_address=f'127.0.0.1:{port}',
                             num_processes=2, process_id=int(process_id), cpu_collectives='gloo')
   distributed.maybe_initialize(config)
   assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
-  mesh = train.create_mesh()
+  mesh = data_parallel.create_mesh()
   # The block of every global batch that the input pipeline gives this process.
   rows = GLOBAL_BATCH // jax.process_count()
-  start = train.batch_block(mesh) * rows
+  start = data_parallel.batch_block(mesh) * rows
   local_batch = {k: v[start:start + rows] for k, v in global_batch().items()}
-  assembled = train.fetch_global(train.shard_batch(local_batch, mesh))
+  assembled = data_parallel.fetch_global(data_parallel.shard_batch(local_batch, mesh))
   outcome = explainer_steps(mesh, local_batch)
   if jax.process_index() == 0:
     arrays = _as_arrays(outcome)
@@ -253,14 +256,15 @@ def test_two_processes_over_gloo_train_like_one_process(single_process_runs, tmp
 
 def test_bfloat16_compute_keeps_float32_parameters_and_close_losses(single_process_runs):
   import jax  # pylint: disable=g-import-not-at-top
-  from wysiwyc import train  # pylint: disable=g-import-not-at-top
+  from wysiwyc import data_parallel  # pylint: disable=g-import-not-at-top
+  from wysiwyc import model_setup  # pylint: disable=g-import-not-at-top
   full = _load(single_process_runs, '1x1/')  # The same steps in float32.
-  half = explainer_steps(train.create_mesh(), global_batch(), compute_dtype='bfloat16')
+  half = explainer_steps(data_parallel.create_mesh(), global_batch(), compute_dtype='bfloat16')
   assert all(v.dtype == np.float32 for v in half['params'].values())
   np.testing.assert_allclose(half['losses'], full['losses'], rtol=3e-2)
   assert not np.array_equal(half['losses'], full['losses'])  # bfloat16 really was used
   spec = types.SimpleNamespace(class_names=tuple('abc'))
-  explainer = train.build_explainer(tiny_config('bfloat16'), spec)
+  explainer = model_setup.build_explainer(tiny_config('bfloat16'), spec)
   images = np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)
   variables = explainer.init(key(0), images)
   jaxpr = str(jax.make_jaxpr(explainer.apply)(variables, images))
@@ -349,7 +353,8 @@ def interrupted_runs(tmp_path_factory):
 def test_sigterm_saves_a_restorable_checkpoint_and_exits_143(interrupted_runs):
   import jax  # pylint: disable=g-import-not-at-top
   from wysiwyc import checkpointing  # pylint: disable=g-import-not-at-top
-  from wysiwyc import train  # pylint: disable=g-import-not-at-top
+  from wysiwyc import model_setup  # pylint: disable=g-import-not-at-top
+  from wysiwyc import train_steps  # pylint: disable=g-import-not-at-top
   _, workdir, facts = interrupted_runs
   assert facts['sigterm_code'] == 143, facts['logs']['sigterm'][-3000:]
   assert 'SIGTERM received' in facts['logs']['sigterm']
@@ -360,9 +365,10 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_143(interrupted_runs):
   config = smoke_config(os.path.join(workdir, 'unused'))
   with open(os.path.join(workdir, 'spec.json')) as f:
     spec = types.SimpleNamespace(class_names=json.load(f)['class_names'])
-  model, tx = train.build_classifier(config, spec), train.make_optimizer(config.classifier.train)
-  target = jax.eval_shape(lambda: train.init_state(model, tx, jax.random.key(0),
-                                                   config.data.image_size))
+  model = model_setup.build_classifier(config, spec)
+  tx = train_steps.make_optimizer(config.classifier.train)
+  target = jax.eval_shape(lambda: train_steps.init_state(model, tx, jax.random.key(0),
+                                                         config.data.image_size))
   restored = checkpointing.restore_latest(
       checkpointing.manager(facts['sigterm_checkpoints'], create=False), target)
   assert restored is not None and restored[2] == step

@@ -18,8 +18,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tests.conftest import REPO, load_config
+from wysiwyc import data_parallel
 from wysiwyc import errors
+from wysiwyc import model_setup
 from wysiwyc import train
+from wysiwyc import train_steps
 from wysiwyc.data import coco
 from wysiwyc.data import cub
 from wysiwyc.data import pipeline
@@ -57,22 +60,24 @@ def _tiny_config(name, arg='smoke'):
 def _one_step_each(config, spec, batch):
   """One classifier step and one explainer step on `batch`; their metrics."""
   import jax  # pylint: disable=g-import-not-at-top
-  mesh = train.create_mesh()
+  mesh = data_parallel.create_mesh()
   # 'rbg' keys: initializers compile several times faster on a CPU than with threefry.
   rng = jax.random.key(0, impl='rbg')
-  classifier = train.build_classifier(config, spec)
-  c_tx = train.make_optimizer(config.classifier.train, config.classifier.trainable)
-  c_state = train.init_state(classifier, c_tx, rng, config.data.image_size)
-  c_step = train.jit_train_step(train.make_classifier_train_step(classifier, c_tx,
-                                                                 spec.multilabel), mesh)
-  c_state, c_metrics = c_step(c_state, train.shard_batch(batch, mesh), rng)
-  explainer = train.build_explainer(config, spec)
-  e_tx = train.make_optimizer(config.explainer.train)
-  e_state = train.init_state(explainer, e_tx, rng, config.data.image_size)
+  classifier = model_setup.build_classifier(config, spec)
+  c_tx = train_steps.make_optimizer(config.classifier.train, config.classifier.trainable)
+  c_state = train_steps.init_state(classifier, c_tx, rng, config.data.image_size)
+  c_step = train_steps.jit_train_step(
+      train_steps.make_classifier_train_step(classifier, c_tx, spec.multilabel), mesh)
+  c_state, c_metrics = c_step(c_state, data_parallel.shard_batch(batch, mesh), rng)
+  explainer = model_setup.build_explainer(config, spec)
+  e_tx = train_steps.make_optimizer(config.explainer.train)
+  e_state = train_steps.init_state(explainer, e_tx, rng, config.data.image_size)
   before = jax.device_get(e_state.params)
-  e_step = train.jit_train_step(train.make_explainer_train_step(
-      explainer, classifier, e_tx, train.explainer_loss_fn(config, spec.multilabel)), mesh, 1)
-  e_state, e_metrics = e_step(e_state, c_state.variables(), train.shard_batch(batch, mesh), rng)
+  loss_fn = train_steps.explainer_loss_fn(config, spec.multilabel)
+  e_step = train_steps.jit_train_step(
+      train_steps.make_explainer_train_step(explainer, classifier, e_tx, loss_fn), mesh, 1)
+  e_state, e_metrics = e_step(e_state, c_state.variables(),
+                              data_parallel.shard_batch(batch, mesh), rng)
   changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), before,
                                          jax.device_get(e_state.params)))
   return jax.device_get(c_metrics), jax.device_get(e_metrics), any(changed)

@@ -15,12 +15,15 @@ import pytest
 
 from tests.conftest import load_config
 from wysiwyc import checkpointing
+from wysiwyc import data_parallel
 from wysiwyc import errors
 from wysiwyc import explain
+from wysiwyc import loop
 from wysiwyc import losses
 from wysiwyc import models
 from wysiwyc import self_explainer
 from wysiwyc import train
+from wysiwyc import train_steps
 
 NUM_CLASSES = 3
 SIZE = 16
@@ -46,21 +49,21 @@ def random_batch(seed=0, batch_size=4):
 
 
 def run_one_step(config, batch, micro_batches=1):
-  mesh = train.create_mesh()
+  mesh = data_parallel.create_mesh()
   model = models.build_explainer(config.explainer.name, NUM_CLASSES, **config.explainer.kwargs)
-  tx = train.make_optimizer(config.explainer.train)
-  state = train.init_state(model, tx, jax.random.key(0), SIZE)
+  tx = train_steps.make_optimizer(config.explainer.train)
+  state = train_steps.init_state(model, tx, jax.random.key(0), SIZE)
   before = jax.device_get(state.params)
   loss_fn = self_explainer.self_explainer_loss_fn(config, multilabel=True)
-  step = train.jit_train_step(
+  step = train_steps.jit_train_step(
       self_explainer.make_train_step(model, tx, loss_fn, micro_batches), mesh)
-  state, aux = step(state, train.shard_batch(batch, mesh), jax.random.key(1))
+  state, aux = step(state, data_parallel.shard_batch(batch, mesh), jax.random.key(1))
   return model, before, jax.device_get(state), jax.device_get(aux), loss_fn
 
 
 def initial_variables(model):
   """The variables `run_one_step` starts from (same helper, same key)."""
-  state = train.init_state(model, optax.identity(), jax.random.key(0), SIZE)
+  state = train_steps.init_state(model, optax.identity(), jax.random.key(0), SIZE)
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
@@ -69,8 +72,8 @@ def test_running_batch_statistics_are_updated_by_the_teacher_pass_alone():
   config, batch = tiny_config(), random_batch()
   model, _, state, _, _ = run_one_step(config, batch)
   initial = initial_variables(model)
-  _, teacher_only = train.apply_model(model, initial['params'], initial['batch_stats'],
-                                      jnp.asarray(batch['image']), train=True)
+  _, teacher_only = train_steps.apply_model(model, initial['params'], initial['batch_stats'],
+                                            jnp.asarray(batch['image']), train=True)
   leaves = jax.tree.leaves(state.batch_stats)
   assert leaves and max_change(initial['batch_stats'], state.batch_stats) > 1e-4
   for got, want in zip(leaves, jax.tree.leaves(teacher_only)):
@@ -92,7 +95,7 @@ def test_train_step_loss_is_the_loss_of_the_initial_model_and_params_move():
   # The step's loss is self_explainer_loss of the U-Net before the update.
   initial_stats = initial_variables(model)['batch_stats']
   total, expected = jax.jit(lambda params, images, labels: loss_fn(
-      lambda x: train.apply_model(model, params, initial_stats, x, train=True)[0], images,
+      lambda x: train_steps.apply_model(model, params, initial_stats, x, train=True)[0], images,
       labels))(before, batch['image'], batch['labels'])
   np.testing.assert_allclose(aux['loss'], total, rtol=1e-5)
   for name in LOSS_TERMS:
@@ -211,7 +214,7 @@ def test_smoke_run_writes_a_self_describing_workdir(finished):
   assert results['ground_truth']['iou@0.5'] == pytest.approx(1.0)
   assert 0 <= results['classifier']['accuracy_plain'] <= 1
   assert results['classifier']['num_test_images'] == 16
-  history = train.stage_history(os.path.join(workdir, 'explainer'))
+  history = loop.stage_history(os.path.join(workdir, 'explainer'))
   assert len(history) == 2 and {'accuracy', 'iou@0.5', 'coherency'} <= set(history[0]['val'])
 
 

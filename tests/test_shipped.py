@@ -13,7 +13,9 @@ import pytest
 
 from tests.conftest import load_config
 from wysiwyc import errors
+from wysiwyc import model_setup
 from wysiwyc import train
+from wysiwyc import train_steps
 from wysiwyc.data import pipeline
 from wysiwyc.data import synthetic
 from wysiwyc.models import classifiers
@@ -115,7 +117,7 @@ def test_shipped_classifier_is_as_accurate_as_recorded():
   target = jax.device_get(dict(model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))))
   variables = shipped.load(DEFAULT_ENTRY, target)
   logits = model.apply(variables, jnp.asarray(images, jnp.float32))
-  accuracy = float(train.per_class_accuracy(logits, labels, True).mean())
+  accuracy = float(train_steps.per_class_accuracy(logits, labels, True).mean())
   recorded = shipped.read_metadata(DEFAULT_ENTRY)['per_class_accuracy']['test']
   assert accuracy >= 0.93
   assert abs(accuracy - recorded) < 0.03
@@ -157,7 +159,7 @@ def test_default_config_starts_the_explainer_from_a_shipped_entry_that_fits_it()
   assert metadata['mode'] == 'self_explainer'
   assert 'experiments/train_zoo_explainer.py' in metadata['command']
   spec = types.SimpleNamespace(class_names=synthetic.SHAPE_NAMES[:6])
-  model = train.build_explainer(config, spec)
+  model = model_setup.build_explainer(config, spec)
   target = jax.device_get(dict(model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))))
   loaded = shipped.load(DEFAULT_EXPLAINER_START, target)
   assert metadata['num_params'] == sum(x.size for x in jax.tree.leaves(loaded['params']))
@@ -165,7 +167,7 @@ def test_default_config_starts_the_explainer_from_a_shipped_entry_that_fits_it()
 
 def small_explainer_entry(tmp_path, config):
   """Writes an explainer-start entry 'tiny_unet' of an untrained U-Net for `config`."""
-  model = train.build_explainer(config, types.SimpleNamespace(class_names=range(6)))
+  model = model_setup.build_explainer(config, types.SimpleNamespace(class_names=range(6)))
   return write_untrained_entry(tmp_path, 'tiny_unet', 'explainer', model, config.explainer,
                                config.data)
 

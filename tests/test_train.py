@@ -11,11 +11,16 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, smoke_config
+from wysiwyc import data_parallel
 from wysiwyc import errors
 from wysiwyc import evaluation
+from wysiwyc import loop
 from wysiwyc import metrics
+from wysiwyc import model_setup
 from wysiwyc import models
+from wysiwyc import run_setup
 from wysiwyc import train
+from wysiwyc import train_steps
 from wysiwyc.data import synthetic
 
 METHODS = ('explainer',) + evaluation.REFERENCE_METHODS
@@ -93,7 +98,7 @@ def test_preempted_run_resumes_to_the_same_result(finished, data_dir, tmp_path, 
   workdir = str(tmp_path / 'preempted')
   checks = {'n': 0}
 
-  class PreemptAtSomeSteps(train._SigtermFlag):  # pylint: disable=protected-access
+  class PreemptAtSomeSteps(loop._SigtermFlag):  # pylint: disable=protected-access
     @property
     def raised(self):
       checks['n'] += 1
@@ -103,9 +108,9 @@ def test_preempted_run_resumes_to_the_same_result(finished, data_dir, tmp_path, 
     def raised(self, value):
       pass
 
-  monkeypatch.setattr(train, '_SigtermFlag', PreemptAtSomeSteps)
+  monkeypatch.setattr(loop, '_SigtermFlag', PreemptAtSomeSteps)
   for stage in ('classifier', 'explainer'):
-    with pytest.raises(train.Preempted, match=stage):
+    with pytest.raises(loop.Preempted, match=stage):
       train.train_and_evaluate(smoke_config(data_dir), workdir)
     assert not os.path.exists(os.path.join(workdir, 'results.json'))
   monkeypatch.undo()
@@ -127,15 +132,15 @@ def test_workdir_of_another_model_is_refused(finished, data_dir):
 def fresh_explainer_state(config):
   explainer = models.build_explainer(config.explainer.name, config.data.synthetic.num_classes,
                                      **config.explainer.kwargs)
-  tx = train.make_optimizer(config.explainer.train)
-  return train.init_state(explainer, tx, jax.random.key(7), config.data.image_size)
+  tx = train_steps.make_optimizer(config.explainer.train)
+  return train_steps.init_state(explainer, tx, jax.random.key(7), config.data.image_size)
 
 
 def initial_explainer(init_from, config, state):
   config.explainer.init_from = init_from
   num_classes = config.data.synthetic.num_classes
   spec = types.SimpleNamespace(class_names=synthetic.SHAPE_NAMES[:num_classes])
-  return train.with_initial_explainer(config, spec, state, train.create_mesh())
+  return model_setup.with_initial_explainer(config, spec, state, data_parallel.create_mesh())
 
 
 def test_explainer_init_from_starts_from_another_runs_explainer(finished, data_dir):
@@ -143,7 +148,7 @@ def test_explainer_init_from_starts_from_another_runs_explainer(finished, data_d
   config = smoke_config(data_dir)
   fresh = fresh_explainer_state(config)
   started = jax.device_get(initial_explainer(workdir, config, fresh))
-  trained = train.restore_stage_variables(
+  trained = model_setup.restore_stage_variables(
       workdir, 'explainer', jax.device_get({'params': fresh.params,
                                             'batch_stats': fresh.batch_stats}))
   for got, want in zip(jax.tree.leaves(started.params), jax.tree.leaves(trained['params'])):
@@ -163,11 +168,11 @@ def test_explainer_init_from_of_another_model_or_a_missing_folder_is_refused(
     initial_explainer(workdir, config, fresh_explainer_state(config))
   config.explainer.init_from = str(tmp_path / 'nowhere')
   with pytest.raises(errors.UserError, match='init_from.*no such folder'):
-    train.check_inputs_available(config)
+    run_setup.check_inputs_available(config)
   assert not os.path.exists(tmp_path / 'nowhere')
   config.explainer.init_from = 'zoo:nothing_by_that_name'
   with pytest.raises(errors.UserError, match='init_from.*no such zoo entry'):
-    train.check_inputs_available(config)
+    run_setup.check_inputs_available(config)
 
 
 def test_cli_reports_config_errors_without_traceback(tmp_path, data_dir):
@@ -187,20 +192,21 @@ def test_train_steps_are_deterministic(data_dir):
   from wysiwyc.data import pipeline
   config = smoke_config(data_dir)
   spec = pipeline.prepare(config.data)
-  mesh = train.create_mesh()
+  mesh = data_parallel.create_mesh()
   batch = next(pipeline.as_numpy(pipeline.make_dataset(config.data, 'train', 8, training=True,
                                                        seed=0)))
   outcomes = []
   for _ in range(2):
-    classifier = train.build_classifier(config, spec)
-    explainer = train.build_explainer(config, spec)
+    classifier = model_setup.build_classifier(config, spec)
+    explainer = model_setup.build_explainer(config, spec)
     rng = jax.random.key(0)
-    c_state = train.init_state(classifier, train.make_optimizer(config.classifier.train), rng, 32)
-    tx = train.make_optimizer(config.explainer.train)
-    state = train.init_state(explainer, tx, rng, 32)
-    step = train.jit_train_step(train.make_explainer_train_step(
-        explainer, classifier, tx, train.explainer_loss_fn(config, True)), mesh, 1)
+    c_state = train_steps.init_state(classifier,
+                                     train_steps.make_optimizer(config.classifier.train), rng, 32)
+    tx = train_steps.make_optimizer(config.explainer.train)
+    state = train_steps.init_state(explainer, tx, rng, 32)
+    step = train_steps.jit_train_step(train_steps.make_explainer_train_step(
+        explainer, classifier, tx, train_steps.explainer_loss_fn(config, True)), mesh, 1)
     for _ in range(3):
-      state, aux = step(state, c_state.variables(), train.shard_batch(batch, mesh), rng)
+      state, aux = step(state, c_state.variables(), data_parallel.shard_batch(batch, mesh), rng)
     outcomes.append(jax.device_get((state.params, aux)))
   jax.tree.map(np.testing.assert_array_equal, outcomes[0], outcomes[1])

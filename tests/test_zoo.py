@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from tests.model_helpers import num_params, random_variables, variable_shapes
+from wysiwyc import data_parallel
 from wysiwyc import errors
 from wysiwyc import models
-from wysiwyc import train
+from wysiwyc import stages
+from wysiwyc import train_steps
 from wysiwyc.models import zoo
 
 # torchvision's sizes: vgg16 has 138,357,544 parameters, of which the classifier
@@ -230,15 +232,15 @@ def test_a_file_of_another_architecture_is_refused(tmp_path, offline):
 def test_trainable_head_updates_only_the_head():
   model = models.classifiers.build('resnet50', 4, pretrained=None, width=8)
   variables = random_variables(model)
-  tx = train.make_optimizer(ml_collections.ConfigDict({'learning_rate': 0.1}), 'head')
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                           batch_stats=variables['batch_stats'],
-                           opt_state=tx.init(variables['params']))
-  mesh = train.create_mesh()
-  step = train.jit_train_step(train.make_classifier_train_step(model, tx, True), mesh)
+  tx = train_steps.make_optimizer(ml_collections.ConfigDict({'learning_rate': 0.1}), 'head')
+  state = train_steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                                 batch_stats=variables['batch_stats'],
+                                 opt_state=tx.init(variables['params']))
+  mesh = data_parallel.create_mesh()
+  step = train_steps.jit_train_step(train_steps.make_classifier_train_step(model, tx, True), mesh)
   batch = {'image': np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32),
            'labels': np.eye(4, dtype=np.float32)}
-  new, metrics = step(state, train.shard_batch(batch, mesh), jax.random.key(0))
+  new, metrics = step(state, data_parallel.shard_batch(batch, mesh), jax.random.key(0))
   assert np.isfinite(metrics['loss'])
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(new.params['backbone']),
                variables['params']['backbone'])
@@ -329,8 +331,8 @@ def test_own_flax_module_with_parameters_from_an_orbax_checkpoint(tmp_path):
   config.data.image_size = 8
   spec = pipeline.DataSpec(name='user', class_names=('a', 'b', 'c'), image_size=8,
                            multilabel=True, num_examples={})
-  classifier, variables = train.classifier_stage(config, spec, str(tmp_path / 'work'),
-                                                 train.create_mesh(), jax.random.key(0))
+  classifier, variables = stages.classifier_stage(config, spec, str(tmp_path / 'work'),
+                                                  data_parallel.create_mesh(), jax.random.key(0))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables['params']), params)
   logits = classifier.apply(variables, np.ones((1, 8, 8, 3), np.float32))
   np.testing.assert_allclose(logits, [[1.0 + 9.0, -2.0 + 12.0, 0.5 + 15.0]], rtol=1e-6)

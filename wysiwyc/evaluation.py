@@ -8,7 +8,7 @@ Explainer is scored next to the reference masks all_0, all_0.5, all_1 and ground
 
 import functools
 import os
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from absl import logging
 import flax.linen as nn
@@ -18,8 +18,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from wysiwyc import checkpointing
+from wysiwyc import data_parallel
+from wysiwyc import loop
 from wysiwyc import metrics
-from wysiwyc import train
+from wysiwyc import train_steps
 from wysiwyc.data import pipeline
 
 SPECIFICITY_KEYS = ('specificity_own_sum', 'specificity_own_count', 'specificity_other_sum',
@@ -75,7 +77,7 @@ def make_eval_batch_fn(explainer: nn.Module, classifier: nn.Module, multilabel: 
     plain, kept, dropped = jnp.split(
         classify(jnp.concatenate([image, merged[..., None] * image,
                                   (1 - merged[..., None]) * image])), 3)
-    accuracy = lambda logits: train.per_class_accuracy(logits, batch['labels'], multilabel)
+    accuracy = lambda logits: train_steps.per_class_accuracy(logits, batch['labels'], multilabel)
     extras = {'accuracy_plain': accuracy(plain), 'accuracy_kept': accuracy(kept),
               'accuracy_dropped': accuracy(dropped),
               'probabilities': classifier_probabilities(plain, multilabel), 'masks': masks,
@@ -131,7 +133,7 @@ def evaluate_and_report(config, spec, workdir: str, mesh: Mesh, classifier, clas
   # The split's first `max_examples` images (0: all), the same whatever the topology.
   dataset = pipeline.make_dataset(
       config.data, 'test', config.eval.batch_size, training=False, seed=config.seed,
-      process_index=train.batch_block(mesh), process_count=jax.process_count(),
+      process_index=data_parallel.batch_block(mesh), process_count=jax.process_count(),
       max_examples=config.eval.get('max_examples', 0))
   per_method: Dict[str, list] = {}
   class_weights: Dict[str, list] = {}
@@ -140,9 +142,9 @@ def evaluate_and_report(config, spec, workdir: str, mesh: Mesh, classifier, clas
   figure_batch: Optional[dict] = None
   seen = 0
   for batch in pipeline.as_numpy(dataset):
-    sharded = train.shard_batch(batch, mesh)
+    sharded = data_parallel.shard_batch(batch, mesh)
     # Every process gets the scores of the whole global batch (other processes' rows too).
-    (scores, extras), valid = train.fetch_global(
+    (scores, extras), valid = data_parallel.fetch_global(
         (eval_batch(explainer_variables, classifier_variables, sharded), sharded['valid']))
     valid = valid.astype(np.float64)
     seen += int(valid.sum())
@@ -154,7 +156,7 @@ def evaluate_and_report(config, spec, workdir: str, mesh: Mesh, classifier, clas
     for key in SPECIFICITY_KEYS:
       specificity[key] += float(np.sum(extras[key] * valid))
     if figure_batch is None:
-      batch = train.fetch_global(sharded)
+      batch = data_parallel.fetch_global(sharded)
       figure_batch = {'image': pipeline.denormalize(batch['image']), 'masks': extras['masks'],
                       'class_masks': batch['class_masks'], 'labels': batch['labels'],
                       'probabilities': extras['probabilities']}
@@ -171,7 +173,7 @@ def evaluate_and_report(config, spec, workdir: str, mesh: Mesh, classifier, clas
   results['classifier'] = _weighted_means(classifier_chunks, image_weights)
   results['classifier']['num_test_images'] = seen
   # Read by every process: orbax restores wait for all of them. Written by process 0 only.
-  histories = {stage: train.stage_history(os.path.join(workdir, stage))
+  histories = {stage: loop.stage_history(os.path.join(workdir, stage))
                for stage in ('classifier', 'explainer')}
   if jax.process_index() == 0:
     write_results(results, workdir)

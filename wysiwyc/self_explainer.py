@@ -26,11 +26,14 @@ from jax.sharding import Mesh
 import optax
 
 from wysiwyc import checkpointing
+from wysiwyc import data_parallel
 from wysiwyc import errors
+from wysiwyc import loop
 from wysiwyc import losses
 from wysiwyc import metrics
+from wysiwyc import model_setup
 from wysiwyc import models
-from wysiwyc import train
+from wysiwyc import train_steps
 
 HEAD_NAME = 'self_explainer_head'
 # Arguments of `losses.self_explainer_loss` that `config.loss` may set (besides `kind`).
@@ -90,7 +93,7 @@ def self_explainer_loss_fn(config: ml_collections.ConfigDict, multilabel: bool) 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn: Callable,
                     micro_batches: int = 1) -> Callable:
   """(state, batch, rng) -> (state, loss terms): teacher and student pass through `model`."""
-  def step(state: train.TrainState, batch, rng):
+  def step(state: train_steps.TrainState, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
 
     def objective(params, batch_stats, batch, rng):
@@ -101,15 +104,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn:
       updated = []
 
       def segment(images):
-        segmentations, new_stats = train.apply_model(model, params, batch_stats, images,
-                                                     train=True, rng=rng)
+        segmentations, new_stats = train_steps.apply_model(model, params, batch_stats, images,
+                                                           train=True, rng=rng)
         updated.append(new_stats)
         return segmentations
 
       loss, aux = loss_fn(segment, batch['image'], batch['labels'])
       return loss, (aux, updated[0])
 
-    aux, batch_stats, grads = train.accumulate_gradients(
+    aux, batch_stats, grads = train_steps.accumulate_gradients(
         objective, state.params, state.batch_stats, batch, rng, micro_batches)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
@@ -125,8 +128,8 @@ def make_eval_step(model: nn.Module, loss_fn: Callable, multilabel: bool) -> Cal
     per_image = jax.vmap(lambda x, y: loss_fn(segment, x[None], y[None])[1])(
         batch['image'], batch['labels'])
     segmentations = segment(batch['image'])
-    per_image['accuracy'] = train.per_class_accuracy(segmentations.mean(axis=(1, 2)),
-                                                     batch['labels'], multilabel)
+    per_image['accuracy'] = train_steps.per_class_accuracy(segmentations.mean(axis=(1, 2)),
+                                                           batch['labels'], multilabel)
     merged = metrics.merge_class_masks(jax.nn.sigmoid(segmentations), batch['labels'])
     per_image['iou@0.5'] = jax.vmap(functools.partial(metrics.discrete_iou, threshold=0.5))(
         merged, batch['foreground'])
@@ -159,23 +162,25 @@ def self_explainer_stage(config, spec, workdir: str, mesh: Mesh, rng
   arguments of `evaluation.evaluate_and_report`.
   """
   check_config(config)
-  segmenter = train.build_explainer(config, spec)
-  head = train.build_classifier(config, spec)
+  segmenter = model_setup.build_explainer(config, spec)
+  head = model_setup.build_classifier(config, spec)
   tc = config.explainer.train
   micro_batches = tc.get('grad_accum_steps', 1)
-  train.check_batch_size(tc.batch_size, mesh, 'explainer.train.batch_size', micro_batches)
-  tx = train.make_optimizer(tc)
-  state = train.replicate(train.init_state(segmenter, tx, rng, config.data.image_size), mesh)
-  state = train.with_pretrained_weights(segmenter, state, mesh)
-  state = train.with_initial_explainer(config, spec, state, mesh)
+  data_parallel.check_batch_size(tc.batch_size, mesh, 'explainer.train.batch_size', micro_batches)
+  tx = train_steps.make_optimizer(tc)
+  state = data_parallel.replicate(
+      train_steps.init_state(segmenter, tx, rng, config.data.image_size), mesh)
+  state = model_setup.with_pretrained_weights(segmenter, state, mesh)
+  state = model_setup.with_initial_explainer(config, spec, state, mesh)
   loss_fn = self_explainer_loss_fn(config, spec.multilabel)
-  stage = train.Stage(
+  stage = loop.Stage(
       name='self_explainer', directory=os.path.join(workdir, 'explainer'), train_config=tc,
       log_dir=os.path.join(workdir, 'tensorboard', 'self_explainer'),
-      train_step=train.jit_train_step(make_train_step(segmenter, tx, loss_fn, micro_batches),
-                                      mesh),
-      eval_step=train.jit_eval_step(make_eval_step(segmenter, loss_fn, spec.multilabel), mesh))
-  state = train.fit(stage, state, config, spec, mesh, rng)
+      train_step=train_steps.jit_train_step(make_train_step(segmenter, tx, loss_fn, micro_batches),
+                                            mesh),
+      eval_step=train_steps.jit_eval_step(make_eval_step(segmenter, loss_fn, spec.multilabel),
+                                          mesh))
+  state = loop.fit(stage, state, config, spec, mesh, rng)
   segmenter_variables = state.variables()
   classifier_variables = head_variables(segmenter_variables)
   # `classifier/best` makes the workdir self-describing for `wysiwyc.explain`.
