@@ -32,10 +32,12 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from wysiwyc import runtime
+runtime.quiet_logs()  # Before the imports below load TensorFlow; --verbosity=1 keeps its logs.
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from wysiwyc import checkpointing
 from wysiwyc import data_parallel
 from wysiwyc import run_setup
-from wysiwyc import runtime
 from wysiwyc import stages
 from wysiwyc import train
 from wysiwyc import train_steps

@@ -21,6 +21,10 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from wysiwyc import runtime
+runtime.quiet_logs()  # Before the imports below load TensorFlow; --verbosity=1 keeps its logs.
+# pylint: disable=g-import-not-at-top,wrong-import-position
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/synthetic.py', 'Experiment config.')
 flags.DEFINE_list('devices', ['1', '2', '4', '8'], 'Device counts to compare.')

@@ -15,6 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
+from wysiwyc import runtime
+runtime.quiet_logs()  # Before the imports below load TensorFlow; --verbosity=1 keeps its logs.
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from wysiwyc import data_parallel
 from wysiwyc import model_setup
 from wysiwyc import train_steps

@@ -69,6 +69,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
+from wysiwyc import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
+runtime.quiet_logs()  # Before the imports below load TensorFlow; --verbosity=1 keeps its logs.
 from wysiwyc import attribution  # pylint: disable=g-import-not-at-top,wrong-import-position
 from wysiwyc import checkpointing  # pylint: disable=g-import-not-at-top,wrong-import-position
 from wysiwyc import errors  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -26,6 +26,9 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
+from wysiwyc import runtime
+runtime.quiet_logs()  # Before the imports below load TensorFlow; --verbosity=1 keeps its logs.
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from wysiwyc import model_setup
 from wysiwyc import train_steps
 from wysiwyc.data import pipeline

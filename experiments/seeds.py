@@ -23,8 +23,10 @@ import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
-from wysiwyc import checkpointing
 from wysiwyc import runtime
+runtime.quiet_logs()  # Before the imports below load TensorFlow; --verbosity=1 keeps its logs.
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from wysiwyc import checkpointing
 from wysiwyc import train
 
 FLAGS = flags.FLAGS

@@ -25,6 +25,9 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from wysiwyc import runtime
+runtime.quiet_logs()  # Before the imports below load TensorFlow; --verbosity=1 keeps its logs.
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from wysiwyc import data_parallel
 from wysiwyc import losses
 from wysiwyc import stages

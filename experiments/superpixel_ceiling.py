@@ -16,6 +16,9 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
+from wysiwyc import runtime
+runtime.quiet_logs()  # Before the imports below load TensorFlow; --verbosity=1 keeps its logs.
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from wysiwyc.attribution import common
 from wysiwyc.attribution import lime
 from wysiwyc.data import synthetic

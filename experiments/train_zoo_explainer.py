@@ -24,8 +24,10 @@ import flax
 import jax
 from ml_collections import config_flags
 
-from wysiwyc import model_setup
 from wysiwyc import runtime
+runtime.quiet_logs()  # Before the imports below load TensorFlow; --verbosity=1 keeps its logs.
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from wysiwyc import model_setup
 from wysiwyc import train
 from wysiwyc import train_steps
 from wysiwyc.models import shipped

@@ -1,6 +1,7 @@
 """What the command-line tools print: no library chatter at the default verbosity, config mistakes
 in one line (wysiwyc.runtime, wysiwyc.main)."""
 
+import glob
 import importlib.util
 import logging as pylogging
 import os
@@ -167,3 +168,34 @@ def test_check_config_arg(tmp_path):
   own = tmp_path / 'own.py'  # a config file outside configs/ checks its own variants
   own.write_text('VARIANTS = ("a",)\n')
   main.check_config_arg(f'{own}:b')
+
+
+def script_imports(path):
+  """(line of `runtime.quiet_logs()`, line of the first other wysiwyc import) at a script's top."""
+  import ast  # pylint: disable=g-import-not-at-top
+  with open(path) as f:
+    module = ast.parse(f.read())
+  quiet, first_import = None, None
+  for node in module.body:
+    if (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+        and ast.unparse(node.value.func) == 'runtime.quiet_logs' and quiet is None):
+      quiet = node.lineno
+    if (isinstance(node, ast.ImportFrom) and (node.module or '').startswith('wysiwyc')
+        and [a.name for a in node.names] != ['runtime'] and first_import is None):
+      first_import = node.lineno
+  return quiet, first_import
+
+
+SCRIPTS = sorted(glob.glob(os.path.join(REPO, 'experiments', '*.py')))
+
+
+@pytest.mark.parametrize('path', SCRIPTS, ids=os.path.basename)
+def test_experiment_scripts_quiet_the_libraries_first(path):
+  with open(path) as f:
+    source = f.read()
+  if 'app.run(' not in source:
+    pytest.skip('not an absl script')
+  quiet, first_import = script_imports(path)
+  assert quiet is not None and (first_import is None or quiet < first_import), (
+      f'{os.path.basename(path)}: call `runtime.quiet_logs()` at the top, before importing other '
+      'wysiwyc modules (they load TensorFlow, whose notices it drops)')

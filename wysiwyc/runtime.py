@@ -121,9 +121,19 @@ def quiet_library_logs() -> None:
   """Filters absl's handler by the parsed `--verbosity` (call it after flag parsing, e.g. first
   thing in `main`): at 0 the libraries show errors only, at 1 also their INFO and WARNING lines,
   from 2 on also their DEBUG lines (thousands per run)."""
+  _filter_absl_handler(logging.get_verbosity())
+
+
+def quiet_logs(argv: Optional[Sequence[str]] = None) -> None:
+  """A script's first call, before its imports load TensorFlow: `quiet_native_logs`, and absl's
+  handler filtered as `quiet_library_logs` does, both by the `--verbosity` in `argv`."""
+  quiet_native_logs(argv)
+  _filter_absl_handler(requested_verbosity(argv))
+
+
+def _filter_absl_handler(verbosity: int) -> None:
   handler = logging.get_absl_handler()
   handler.filters = [f for f in handler.filters if not isinstance(f, _QuietLibraries)]
-  verbosity = logging.get_verbosity()
   if verbosity < 2:
     handler.addFilter(_QuietLibraries(pylogging.ERROR if verbosity < 1 else pylogging.INFO))
 
