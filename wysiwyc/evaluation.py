@@ -27,6 +27,9 @@ from wysiwyc.data import pipeline
 SPECIFICITY_KEYS = ('specificity_own_sum', 'specificity_own_count', 'specificity_other_sum',
                     'specificity_other_count')
 REFERENCE_METHODS = ('all_0', 'all_0.5', 'all_1', 'ground_truth')
+NO_TEST_NOTE = 'The data set has no test split: no evaluation stage (no metrics).'
+NO_MASKS_NOTE = ('The test split has no ground-truth masks: no mask metrics, only the classifier '
+                 "accuracies and the class specificity of the explainer's masks.")
 # Columns of results.md, in order; results.json holds every metric of `metrics.score_masks`.
 TABLE_METRICS = ('iou@0.5', 'per_class_iou@0.5', 'cont_iou', 'mean_f1', 'cont_f1', 'accuracy',
                  'auc', 'saliency', 'object_coverage', 'background_coverage')
@@ -125,8 +128,10 @@ def _weighted_means(chunks: List[Dict[str, np.ndarray]], weights: List[np.ndarra
 
 def evaluate_and_report(config, spec, workdir: str, mesh: Mesh, classifier, classifier_variables,
                         explainer, explainer_variables) -> dict:
-  """Scores every method on the test split and writes results.json, results.md and figures."""
-  from wysiwyc import viz  # pylint: disable=g-import-not-at-top
+  """Scores every method on the test split and writes results.json, results.md and figures;
+  without a test split only the note that says so and the training curves."""
+  if 'test' not in spec.num_examples:
+    return _report(config, spec, workdir, {'note': NO_TEST_NOTE}, None)
   repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   eval_batch = jax.jit(make_eval_batch_fn(explainer, classifier, spec.multilabel),
                        in_shardings=(repl, repl, data), out_shardings=data)
@@ -161,25 +166,36 @@ def evaluate_and_report(config, spec, workdir: str, mesh: Mesh, classifier, clas
                       'class_masks': batch['class_masks'], 'labels': batch['labels'],
                       'probabilities': extras['probabilities']}
 
-  results = {}
-  for name, chunks in per_method.items():
+  # Without ground-truth masks every mask metric would score against empty masks.
+  results = {'note': NO_MASKS_NOTE} if 'test' in spec.unmasked_splits else {}
+  for name, chunks in (per_method.items() if not results else ()):
     image_means = _weighted_means([{k: v for k, v in c.items() if k != 'per_class_iou@0.5'
                                     and not k.startswith('_')} for c in chunks], image_weights)
     # Per-class IoU is a mean over (image, present class) pairs.
     per_class = _weighted_means([{'v': c['per_class_iou@0.5']} for c in chunks],
                                 class_weights[name])['v']
     results[name] = {**image_means, 'per_class_iou@0.5': per_class}
-  results['explainer'].update(specificity_summary(specificity))
+  results.setdefault('explainer', {}).update(specificity_summary(specificity))
   results['classifier'] = _weighted_means(classifier_chunks, image_weights)
   results['classifier']['num_test_images'] = seen
+  return _report(config, spec, workdir, results, figure_batch)
+
+
+def _report(config, spec, workdir: str, results: dict, figure_batch: Optional[dict]) -> dict:
+  """Writes results.json, results.md and the figures (the masks' figure when there are test
+  images); says a note of the results (what could not be evaluated) on the console."""
+  from wysiwyc import viz  # pylint: disable=g-import-not-at-top
+  if 'note' in results:
+    logging.warning('%s', results['note'])
   # Read by every process: orbax restores wait for all of them. Written by process 0 only.
   histories = {stage: loop.stage_history(os.path.join(workdir, stage))
                for stage in ('classifier', 'explainer')}
   if jax.process_index() == 0:
     write_results(results, workdir)
-    viz.save_figure(viz.plot_class_masks(**_figure_inputs(figure_batch, config,
-                                                          spec.class_names)),
-                    os.path.join(workdir, 'figures', 'masks.png'))
+    if figure_batch is not None:
+      viz.save_figure(viz.plot_class_masks(**_figure_inputs(figure_batch, config,
+                                                            spec.class_names)),
+                      os.path.join(workdir, 'figures', 'masks.png'))
     viz.save_figure(viz.plot_training_curves(histories),
                     os.path.join(workdir, 'figures', 'training.png'))
   logging.info('Results:\n%s', results_markdown(results))
@@ -209,9 +225,10 @@ def write_results(results: dict, workdir: str) -> None:
 
 def results_markdown(results: dict) -> str:
   """The results as Markdown: methods x main metrics, then the classifier's accuracies."""
-  methods = [m for m in results if m != 'classifier']
-  lines = ['| method | ' + ' | '.join(TABLE_METRICS) + ' |',
-           '|---|' + '---:|' * len(TABLE_METRICS)]
+  methods = [m for m in results if m not in ('classifier', 'note') and 'iou@0.5' in results[m]]
+  lines = [results['note'], ''] if 'note' in results else []
+  lines += ['| method | ' + ' | '.join(TABLE_METRICS) + ' |',
+            '|---|' + '---:|' * len(TABLE_METRICS)] if methods else []
   for method in methods:
     cells = [_cell(results[method].get(metric)) for metric in TABLE_METRICS]
     lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
