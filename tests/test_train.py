@@ -1,5 +1,7 @@
 """End-to-end tests of the training stages on the smoke config (tiny synthetic data)."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -7,10 +9,12 @@ import sys
 import types
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from tests.conftest import REPO, smoke_config
+from wysiwyc import console
 from wysiwyc import data_parallel
 from wysiwyc import errors
 from wysiwyc import evaluation
@@ -19,9 +23,11 @@ from wysiwyc import metrics
 from wysiwyc import model_setup
 from wysiwyc import models
 from wysiwyc import run_setup
+from wysiwyc import stages
 from wysiwyc import train
 from wysiwyc import train_steps
 from wysiwyc.data import synthetic
+from wysiwyc.models import shipped
 
 METHODS = ('explainer',) + evaluation.REFERENCE_METHODS
 REQUIRED_METRICS = ('mean_f1', 'cont_f1', 'accuracy', 'iou@0.5', 'cont_iou', 'auc', 'saliency',
@@ -33,10 +39,24 @@ def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp('tfds'))
 
 
+def run_capturing_console(config, workdir: str) -> tuple:
+  """(results, what the run printed on stderr: its lines and progress bars)."""
+  output = io.StringIO()
+  with contextlib.redirect_stderr(output):
+    results = train.train_and_evaluate(config, workdir)
+  return results, output.getvalue()
+
+
 @pytest.fixture(scope='module')
-def finished(tmp_path_factory, data_dir):
+def finished_run(tmp_path_factory, data_dir):
   workdir = str(tmp_path_factory.mktemp('smoke'))
-  results = train.train_and_evaluate(smoke_config(data_dir), workdir)
+  results, output = run_capturing_console(smoke_config(data_dir), workdir)
+  return workdir, results, output
+
+
+@pytest.fixture(scope='module')
+def finished(finished_run):
+  workdir, results, _ = finished_run
   return workdir, results
 
 
@@ -53,6 +73,46 @@ def test_main_job_writes_every_artifact(finished):
   markdown = open(os.path.join(workdir, 'results.md')).read()
   for method in METHODS:
     assert f'| {method} |' in markdown
+
+
+def test_console_says_what_each_stage_uses_its_steps_why_it_ended_and_where_results_are(
+    finished_run):
+  """The smoke stages: 64 training images in batches of 16 for 2 epochs; the explainer's
+  max_steps (750) is above that, so the epochs end both stages."""
+  workdir, _, output = finished_run
+  for stage in ('classifier', 'explainer'):
+    assert f'{stage}: starts from random weights, up to 8 steps (2 epochs of 4)' in output
+    assert f'{stage} 8/8 steps' in output  # the progress bar counts optimizer steps
+    assert f'{stage}: all 2 epochs done at step 8; best validation loss' in output
+  assert 'epoch 1/2:' not in output  # no bar per epoch
+  assert output.rstrip().endswith(console.results_line(workdir))
+  markdown = open(os.path.join(workdir, 'results.md')).read()
+  assert markdown.startswith(evaluation.SMOKE_NOTE)
+
+
+def test_stage_end_reasons_and_lines():
+  tc = ml_collections.ConfigDict({'patience': 2, 'max_steps': 750})
+  assert loop.end_reason({'bad_epochs': 2}, 300, tc) == 'early_stopping'
+  assert loop.end_reason({'bad_epochs': 1}, 750, tc) == 'budget'
+  tc.max_steps = 0
+  assert loop.end_reason({'bad_epochs': 0}, 750, tc) == 'epochs'
+  assert console.stage_end_line('explainer', 'budget', 750, 5, 4, 0.1234) == (
+      'explainer: step budget reached at step 750 (epoch 5); best validation loss 0.1234 '
+      '(epoch 4) kept')
+  assert 'early stopping at step 300 (epoch 3): no improvement of the validation loss for 2 ' \
+         'epochs' in console.stage_end_line('explainer', 'early_stopping', 300, 3, 1, 0.5, 2)
+  with pytest.raises(ValueError, match='Unknown reason'):
+    console.stage_end_line('explainer', 'tired', 1, 1, 1, None)
+  assert console.step_budget(750, 50, 187, 5) == (
+      '750 steps, early stopping after 5 epochs without improvement')
+  assert console.step_budget(0, 10, 469, 10) == 'up to 4690 steps (10 epochs of 469)'
+
+
+def test_shipped_classifier_line_gives_its_test_accuracy():
+  accuracy = shipped.read_metadata('synthetic_shapes_cnn')['per_class_accuracy']['test']
+  assert stages.loaded_classifier_line('zoo:synthetic_shapes_cnn') == (
+      f'classifier: shipped zoo:synthetic_shapes_cnn (test accuracy {accuracy:.3f}), not trained')
+  assert stages.loaded_classifier_line('some/dir').startswith('classifier: loaded from /')
 
 
 def test_results_hold_every_metric_and_references_score_as_they_must(finished):
@@ -81,7 +141,9 @@ def test_rerun_reuses_finished_stages(finished, data_dir):
   workdir, results = finished
   steps_before = {s: sorted(os.listdir(os.path.join(workdir, s, 'checkpoints')))
                   for s in ('classifier', 'explainer')}
-  again = train.train_and_evaluate(smoke_config(data_dir), workdir)
+  again, output = run_capturing_console(smoke_config(data_dir), workdir)
+  for stage in ('classifier', 'explainer'):
+    assert console.reused_stage_line(stage) in output
   steps_after = {s: sorted(os.listdir(os.path.join(workdir, s, 'checkpoints')))
                  for s in ('classifier', 'explainer')}
   assert steps_after == steps_before

@@ -27,6 +27,9 @@ from wysiwyc.data import pipeline
 SPECIFICITY_KEYS = ('specificity_own_sum', 'specificity_own_count', 'specificity_other_sum',
                     'specificity_other_count')
 REFERENCE_METHODS = ('all_0', 'all_0.5', 'all_1', 'ground_truth')
+# The first line of a smoke run's results.md (`config.smoke`, set by the `:smoke` variants).
+SMOKE_NOTE = ('**Smoke run**: tiny data, models and step counts, to check that every stage runs; '
+              'these numbers are not meaningful.')
 NO_TEST_NOTE = 'The data set has no test split: no evaluation stage (no metrics).'
 NO_MASKS_NOTE = ('The test split has no ground-truth masks: no mask metrics, only the classifier '
                  "accuracies and the class specificity of the explainer's masks.")
@@ -191,7 +194,7 @@ def _report(config, spec, workdir: str, results: dict, figure_batch: Optional[di
   histories = {stage: loop.stage_history(os.path.join(workdir, stage))
                for stage in ('classifier', 'explainer')}
   if jax.process_index() == 0:
-    write_results(results, workdir)
+    write_results(results, workdir, smoke=config.get('smoke', False))
     if figure_batch is not None:
       viz.save_figure(viz.plot_class_masks(**_figure_inputs(figure_batch, config,
                                                             spec.class_names)),
@@ -218,9 +221,12 @@ def _figure_inputs(batch: dict, config, class_names) -> dict:
   return {**inputs, 'class_names': list(class_names)}
 
 
-def write_results(results: dict, workdir: str) -> None:
+def write_results(results: dict, workdir: str, smoke: bool = False) -> None:
+  """results.json, and results.md, which a smoke run's SMOKE_NOTE opens."""
   checkpointing.write_json_atomic(os.path.join(workdir, 'results.json'), results)
-  checkpointing.write_text_atomic(os.path.join(workdir, 'results.md'), results_markdown(results))
+  markdown = results_markdown(results)
+  checkpointing.write_text_atomic(os.path.join(workdir, 'results.md'),
+                                  f'{SMOKE_NOTE}\n\n{markdown}' if smoke else markdown)
 
 
 def results_markdown(results: dict) -> str:

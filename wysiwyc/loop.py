@@ -13,9 +13,9 @@ import jax
 from jax.sharding import Mesh
 import ml_collections
 import numpy as np
-import tqdm
 
 from wysiwyc import checkpointing
+from wysiwyc import console
 from wysiwyc import data_parallel
 from wysiwyc import errors
 from wysiwyc import train_steps
@@ -101,6 +101,7 @@ class Stage:
   train_config: ml_collections.ConfigDict
   train_step: Callable   # (state, batch, rng) -> (state, metrics), jitted
   eval_step: Callable    # (variables, batch) -> per-image metrics incl. 'loss', jitted
+  start: str = 'random weights'  # what the weights start from, for the console
 
 
 def _loop_meta(**kwargs) -> dict:
@@ -140,9 +141,8 @@ def fit(stage: Stage, state: train_steps.TrainState, config: ml_collections.Conf
   if restored is not None:
     state, meta, step = restored
     state = data_parallel.replicate(state, mesh)
-    logging.info('%s: resuming from step %d (epoch %d, batch %d).', stage.name, step,
-                 meta['epoch'] + 1, meta['batch_in_epoch'])
   if meta['done']:
+    console.say(console.reused_stage_line(stage.name))
     return _restore_best(best, state, mesh)
 
   writer = SummaryWriter(stage.log_dir)
@@ -152,7 +152,14 @@ def fit(stage: Stage, state: train_steps.TrainState, config: ml_collections.Conf
                            f'examples, fewer than one batch of {tc.batch_size}; lower batch_size.')
   max_steps = tc.get('max_steps', 0) or tc.num_epochs * steps_per_epoch
   block = data_parallel.batch_block(mesh)
-  is_main = jax.process_index() == 0
+  console.say(console.trained_stage_line(
+      stage.name, stage.start,
+      console.step_budget(tc.get('max_steps', 0), tc.num_epochs, steps_per_epoch, tc.patience)))
+  if restored is not None:
+    console.say(f'{stage.name}: resumes at step {step} (epoch {meta["epoch"] + 1}, batch '
+                f'{meta["batch_in_epoch"]} of {steps_per_epoch})')
+  bar = console.progress_bar(stage.name, min(max_steps, tc.num_epochs * steps_per_epoch),
+                             int(state.step))
 
   def save_latest():
     checkpointing.save(latest, int(state.step), state, meta)
@@ -164,9 +171,6 @@ def fit(stage: Stage, state: train_steps.TrainState, config: ml_collections.Conf
           config.data, 'train', tc.batch_size, training=True, seed=config.seed, epoch=epoch,
           skip_batches=meta['batch_in_epoch'], process_index=block,
           process_count=jax.process_count())
-      bar = tqdm.tqdm(total=steps_per_epoch, initial=meta['batch_in_epoch'], disable=not is_main,
-                      desc=f'{stage.name} epoch {epoch + 1}/{tc.num_epochs}', unit='step',
-                      dynamic_ncols=True, mininterval=2.0)
       # The epoch's running train sums live in `meta`, so a resumed epoch reports the same means.
       train_sums, t0 = meta.setdefault('epoch_train_sums', {}), time.time()
       for batch in pipeline.as_numpy(dataset):
@@ -179,7 +183,8 @@ def fit(stage: Stage, state: train_steps.TrainState, config: ml_collections.Conf
           for k, v in values.items():
             train_sums[k] = train_sums.get(k, 0.0) + v
           meta['epoch_train_count'] = meta.get('epoch_train_count', 0) + 1
-          bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}")
+          bar.set_postfix(epoch=f'{epoch + 1}/{tc.num_epochs}',
+                          loss=f"{values.get('loss', float('nan')):.4f}")
           writer.scalars(step, {f'train/{k}': v for k, v in values.items()})
         if sigterm.raised or preemption_sync_point(step):
           save_latest()
@@ -190,7 +195,6 @@ def fit(stage: Stage, state: train_steps.TrainState, config: ml_collections.Conf
           save_latest()
         if step >= max_steps:
           break
-      bar.close()
 
       val = evaluate(stage.eval_step, state.variables(), pipeline.as_numpy(pipeline.make_dataset(
           config.data, 'validation', config.eval.batch_size, training=False, seed=config.seed,
@@ -209,17 +213,30 @@ def fit(stage: Stage, state: train_steps.TrainState, config: ml_collections.Conf
                            {'epoch': epoch + 1, 'val': val})
       else:
         meta['bad_epochs'] += 1
-      logging.info('%s epoch %d: %s | val %s%s', stage.name, epoch + 1,
-                   _fmt(train_means), _fmt(val), ' (best)' if improved else '')
+      console.say(console.epoch_line(stage.name, epoch + 1, int(state.step), train_means, val,
+                                     improved))
+      logging.debug('%s epoch %d: %s | val %s', stage.name, epoch + 1, _fmt(train_means),
+                    _fmt(val))
       meta.update(epoch=epoch + 1, batch_in_epoch=0, epoch_train_sums={}, epoch_train_count=0)
       if meta['bad_epochs'] >= tc.patience:
-        logging.info('%s: early stopping after %d epochs without improvement of %.4g.',
-                     stage.name, meta['bad_epochs'], tc.min_delta)
         break
       save_latest()
+    bar.close()
     meta['done'] = True
     save_latest()
+  console.say(console.stage_end_line(
+      stage.name, end_reason(meta, int(state.step), tc), int(state.step), meta['epoch'],
+      meta['best_epoch'], meta['best_val_loss'], tc.patience))
   return _restore_best(best, state, mesh)
+
+
+def end_reason(meta: dict, step: int, train_config: ml_collections.ConfigDict) -> str:
+  """Why a finished stage stopped: 'early_stopping', 'budget' (its `max_steps`) or 'epochs'."""
+  if meta['bad_epochs'] >= train_config.patience:
+    return 'early_stopping'
+  if train_config.get('max_steps', 0) and step >= train_config.max_steps:
+    return 'budget'
+  return 'epochs'
 
 
 def _fmt(values: Dict[str, float]) -> str:

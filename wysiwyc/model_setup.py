@@ -3,12 +3,13 @@ backbones, a shipped zoo entry, or a checkpoint of another workdir.
 """
 
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
+import optax
 
 from wysiwyc import checkpointing
 from wysiwyc import data_parallel
@@ -37,6 +38,33 @@ def build_classifier(config, spec) -> nn.Module:
 def build_explainer(config, spec) -> nn.Module:
   return models.build_explainer(config.explainer.name, len(spec.class_names),
                                 **config.explainer.kwargs, **compute_dtype_kwargs(config))
+
+
+def initial_explainer_state(config, spec, explainer: nn.Module, mesh: Mesh,
+                            rng) -> Tuple[train_steps.TrainState, optax.GradientTransformation]:
+  """(the explainer's first train state, its optimizer): `config.explainer.train`'s optimizer,
+  the pretrained backbone weights, then `explainer.init_from`; refuses a batch that does not
+  divide over the mesh."""
+  tc = config.explainer.train
+  data_parallel.check_batch_size(tc.batch_size, mesh, 'explainer.train.batch_size',
+                                 tc.get('grad_accum_steps', 1))
+  tx = train_steps.make_optimizer(tc)
+  state = data_parallel.replicate(
+      train_steps.init_state(explainer, tx, rng, config.data.image_size), mesh)
+  state = with_pretrained_weights(explainer, state, mesh)
+  return with_initial_explainer(config, spec, state, mesh), tx
+
+
+def start_description(model_config) -> str:
+  """What a stage's weights start from, in words (`config.classifier` or `config.explainer`):
+  its `init_from`, its pretrained backbone, or random weights."""
+  init_from = model_config.get('init_from', '')
+  if shipped.is_zoo_reference(init_from):
+    return f'shipped {init_from}'
+  if init_from:
+    return os.path.abspath(init_from)
+  pretrained = model_config.kwargs.get('pretrained')
+  return f'pretrained backbone ({pretrained})' if pretrained else 'random weights'
 
 
 def with_pretrained_weights(model: nn.Module, state: train_steps.TrainState,

@@ -26,7 +26,6 @@ from jax.sharding import Mesh
 import optax
 
 from wysiwyc import checkpointing
-from wysiwyc import data_parallel
 from wysiwyc import errors
 from wysiwyc import loop
 from wysiwyc import losses
@@ -166,15 +165,11 @@ def self_explainer_stage(config, spec, workdir: str, mesh: Mesh, rng
   head = model_setup.build_classifier(config, spec)
   tc = config.explainer.train
   micro_batches = tc.get('grad_accum_steps', 1)
-  data_parallel.check_batch_size(tc.batch_size, mesh, 'explainer.train.batch_size', micro_batches)
-  tx = train_steps.make_optimizer(tc)
-  state = data_parallel.replicate(
-      train_steps.init_state(segmenter, tx, rng, config.data.image_size), mesh)
-  state = model_setup.with_pretrained_weights(segmenter, state, mesh)
-  state = model_setup.with_initial_explainer(config, spec, state, mesh)
+  state, tx = model_setup.initial_explainer_state(config, spec, segmenter, mesh, rng)
   loss_fn = self_explainer_loss_fn(config, spec.multilabel)
   stage = loop.Stage(
       name='self_explainer', directory=os.path.join(workdir, 'explainer'), train_config=tc,
+      start=model_setup.start_description(config.explainer),
       log_dir=os.path.join(workdir, 'tensorboard', 'self_explainer'),
       train_step=train_steps.jit_train_step(make_train_step(segmenter, tx, loss_fn, micro_batches),
                                             mesh),

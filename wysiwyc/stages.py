@@ -4,9 +4,11 @@ Explainer against it, frozen.
 
 import os
 
+from absl import logging
 from jax.sharding import Mesh
 
 from wysiwyc import checkpointing
+from wysiwyc import console
 from wysiwyc import data_parallel
 from wysiwyc import loop
 from wysiwyc import model_setup
@@ -26,6 +28,7 @@ def classifier_stage(config, spec, workdir: str, mesh: Mesh, rng) -> tuple:
   state = data_parallel.replicate(
       train_steps.init_state(classifier, tx, rng, config.data.image_size), mesh)
   if source:
+    console.say(loaded_classifier_line(source))
     variables = model_setup.load_classifier_checkpoint(source, state, config, spec)
     checkpointing.save(checkpointing.manager(os.path.join(directory, 'best'), max_to_keep=1), 0,
                        variables, {'source': source if shipped.is_zoo_reference(source)
@@ -36,14 +39,35 @@ def classifier_stage(config, spec, workdir: str, mesh: Mesh, rng) -> tuple:
   data_parallel.check_batch_size(tc.batch_size, mesh, 'classifier.train.batch_size', micro_batches)
   stage = loop.Stage(
       name='classifier', directory=directory, train_config=tc,
+      start=model_setup.start_description(config.classifier),
       log_dir=os.path.join(workdir, 'tensorboard', 'classifier'),
       train_step=train_steps.jit_train_step(train_steps.make_classifier_train_step(
-          classifier, tx, spec.multilabel, micro_batches, tc.get('object_masking', 0.0),
+          classifier, tx, spec.multilabel, micro_batches, object_masking(tc, spec),
           tc.get('masking_margin', 3)), mesh),
       eval_step=train_steps.jit_eval_step(
           train_steps.make_classifier_eval_step(classifier, spec.multilabel), mesh))
   state = loop.fit(stage, state, config, spec, mesh, rng)
   return classifier, state.variables()
+
+
+def loaded_classifier_line(source: str) -> str:
+  """The console line of a classifier that is loaded, not trained; a shipped one's with its test
+  accuracy."""
+  if shipped.is_zoo_reference(source):
+    metadata = shipped.read_metadata(shipped.entry_name(source))
+    return console.shipped_classifier_line(
+        source, metadata.get('per_class_accuracy', {}).get('test'))
+  return console.loaded_classifier_line(os.path.abspath(source))
+
+
+def object_masking(train_config, spec) -> float:
+  """`train_config.object_masking`, or 0 when the training split has no masks to mask with."""
+  fraction = train_config.get('object_masking', 0.0)
+  if fraction and 'train' in spec.unmasked_splits:
+    logging.warning('classifier.train.object_masking=%g needs masks on the training images; this '
+                    'data set has none, so the classifier trains without it.', fraction)
+    return 0.0
+  return fraction
 
 
 def explainer_stage(config, spec, workdir: str, mesh: Mesh, classifier, classifier_variables,
@@ -52,12 +76,7 @@ def explainer_stage(config, spec, workdir: str, mesh: Mesh, classifier, classifi
   explainer = model_setup.build_explainer(config, spec)
   tc = config.explainer.train
   micro_batches = tc.get('grad_accum_steps', 1)
-  data_parallel.check_batch_size(tc.batch_size, mesh, 'explainer.train.batch_size', micro_batches)
-  tx = train_steps.make_optimizer(tc)
-  state = data_parallel.replicate(
-      train_steps.init_state(explainer, tx, rng, config.data.image_size), mesh)
-  state = model_setup.with_pretrained_weights(explainer, state, mesh)
-  state = model_setup.with_initial_explainer(config, spec, state, mesh)
+  state, tx = model_setup.initial_explainer_state(config, spec, explainer, mesh, rng)
   loss_fn = train_steps.explainer_loss_fn(config, spec.multilabel)
   train_step = train_steps.jit_train_step(
       train_steps.make_explainer_train_step(explainer, classifier, tx, loss_fn, micro_batches),
@@ -66,6 +85,7 @@ def explainer_stage(config, spec, workdir: str, mesh: Mesh, classifier, classifi
       train_steps.make_explainer_eval_step(explainer, classifier, loss_fn), mesh, 2)
   stage = loop.Stage(
       name='explainer', directory=os.path.join(workdir, 'explainer'), train_config=tc,
+      start=model_setup.start_description(config.explainer),
       log_dir=os.path.join(workdir, 'tensorboard', 'explainer'),
       train_step=lambda s, b, r: train_step(s, classifier_variables, b, r),
       eval_step=lambda v, b: eval_step(v, classifier_variables, b))

@@ -9,6 +9,7 @@ import jax
 import ml_collections
 
 from wysiwyc import checkpointing
+from wysiwyc import console
 from wysiwyc import data_parallel
 from wysiwyc import errors
 from wysiwyc import evaluation
@@ -53,16 +54,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rng = jax.random.key(config.seed)
   mode = config.get('mode', 'explainer')
   if mode == 'self_explainer':  # One network classifies and explains (wysiwyc/self_explainer.py).
-    return evaluation.evaluate_and_report(config, spec, workdir, mesh,
-                                          *self_explainer.self_explainer_stage(
-                                              config, spec, workdir, mesh,
-                                              jax.random.fold_in(rng, 2)))
-  if mode != 'explainer':
+    trained = self_explainer.self_explainer_stage(config, spec, workdir, mesh,
+                                                  jax.random.fold_in(rng, 2))
+  elif mode == 'explainer':
+    classifier, classifier_variables = stages.classifier_stage(config, spec, workdir, mesh,
+                                                               jax.random.fold_in(rng, 1))
+    trained = (classifier, classifier_variables) + stages.explainer_stage(
+        config, spec, workdir, mesh, classifier, classifier_variables, jax.random.fold_in(rng, 2))
+  else:
     raise errors.UserError(f"Unknown mode {mode!r}; choose 'explainer' or 'self_explainer'.")
-  classifier, classifier_variables = stages.classifier_stage(config, spec, workdir, mesh,
-                                                             jax.random.fold_in(rng, 1))
-  explainer, explainer_variables = stages.explainer_stage(config, spec, workdir, mesh, classifier,
-                                                          classifier_variables,
-                                                          jax.random.fold_in(rng, 2))
-  return evaluation.evaluate_and_report(config, spec, workdir, mesh, classifier,
-                                        classifier_variables, explainer, explainer_variables)
+  results = evaluation.evaluate_and_report(config, spec, workdir, mesh, *trained)
+  console.say(console.results_line(workdir))
+  return results
