@@ -6,7 +6,7 @@ r"""Explainer train-step throughput (images/s) on 1, 2, 4, 8 devices for one fix
 Each device count runs in its own process (JAX fixes its devices when it starts): on CPU with
 that many simulated devices (`--xla_force_host_platform_device_count`), which share the host's
 cores, so CPU numbers measure the overhead of splitting a step, not a speed-up; on GPU over the
-first N GPUs. The step is the one `train.py` jits (explicit shardings, donated state), timed
+first N GPUs. The step is the one `train_steps.py` jits (explicit shardings, donated state), timed
 after compilation on random data. Prints a Markdown table. Override model sizes, the global
 batch, `compute_dtype` or `grad_accum_steps` through `--config.*` flags.
 """
