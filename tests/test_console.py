@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO, load_config, smoke_config
 from wysiwyc import errors
-from wysiwyc import main
+from wysiwyc import config_check
 from wysiwyc import runtime
 
 # Lines the libraries print that a user of the tools has no use for (TensorFlow's C++ notices,
@@ -130,16 +130,16 @@ def test_misspelled_variant_is_one_line(tmp_path):
 def test_help_lists_config_files_variants_and_where_fields_are_documented():
   result, output = run_cli('--help')
   assert 'Traceback' not in output and result.returncode in (0, 1), output[-2000:]  # absl: 1
-  for name, _, variants in main.config_catalog():
+  for name, _, variants in config_check.config_catalog():
     assert f'{name} (variants: {", ".join(variants) or "none"})' in output
   assert 'synthetic.py (variants:' in output and 'smoke' in output
   assert 'documented by the comments of its config file' in output
 
 
 def test_config_catalog_reads_variants_without_running_the_files():
-  catalog = {name: (summary, variants) for name, summary, variants in main.config_catalog()}
+  catalog = {name: (summary, variants) for name, summary, variants in config_check.config_catalog()}
   spec = importlib.util.spec_from_file_location('synthetic_config',
-                                                os.path.join(main.CONFIGS_DIR, 'synthetic.py'))
+                                                os.path.join(config_check.CONFIGS_DIR, 'synthetic.py'))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   assert catalog['synthetic.py'][1] == tuple(sorted(module.VARIANTS))
@@ -149,25 +149,25 @@ def test_config_catalog_reads_variants_without_running_the_files():
 
 def test_unknown_config_field_suggests_the_closest_path():
   config = load_config('synthetic', 'smoke')
-  assert main.unknown_config_field(config, 'explainer.train.num_epochs') is None
-  assert main.unknown_config_field(config, 'explainer.trian.num_epochs') == (
+  assert config_check.unknown_config_field(config, 'explainer.train.num_epochs') is None
+  assert config_check.unknown_config_field(config, 'explainer.trian.num_epochs') == (
       'unknown config field explainer.trian; did you mean explainer.train?')
-  assert main.unknown_config_field(config, 'seeed') == 'unknown config field seeed; did you mean seed?'
-  assert main.unknown_config_field(config, 'zzz.q') == 'unknown config field zzz'
+  assert config_check.unknown_config_field(config, 'seeed') == 'unknown config field seeed; did you mean seed?'
+  assert config_check.unknown_config_field(config, 'zzz.q') == 'unknown config field zzz'
   # A field below a leaf (an int has no fields).
-  assert main.unknown_config_field(config, 'seed.x') == 'unknown config field seed.x'
+  assert config_check.unknown_config_field(config, 'seed.x') == 'unknown config field seed.x'
 
 
 def test_check_config_arg(tmp_path):
-  synthetic = os.path.join(main.CONFIGS_DIR, 'synthetic.py')
-  main.check_config_arg(f'{synthetic}:smoke,rts')
+  synthetic = os.path.join(config_check.CONFIGS_DIR, 'synthetic.py')
+  config_check.check_config_arg(f'{synthetic}:smoke,rts')
   with pytest.raises(errors.UserError, match='did you mean rts'):
-    main.check_config_arg(f'{synthetic}:smoke,rst')
+    config_check.check_config_arg(f'{synthetic}:smoke,rst')
   with pytest.raises(errors.UserError, match='no config file'):
-    main.check_config_arg(str(tmp_path / 'nope.py'))
+    config_check.check_config_arg(str(tmp_path / 'nope.py'))
   own = tmp_path / 'own.py'  # a config file outside configs/ checks its own variants
   own.write_text('VARIANTS = ("a",)\n')
-  main.check_config_arg(f'{own}:b')
+  config_check.check_config_arg(f'{own}:b')
 
 
 def script_imports(path):

@@ -12,7 +12,7 @@ import markdown_it
 import pytest
 
 from tests.conftest import REPO, load_config
-from wysiwyc import main
+from wysiwyc import config_check
 
 PAGES = [os.path.join(REPO, 'README.md')] + sorted(glob.glob(os.path.join(REPO, 'docs', '*.md')))
 
@@ -98,7 +98,7 @@ def test_readme_main_command_is_a_valid_main_job():
   flags = dict(arg[2:].split('=', 1) for arg in args[3:])
   assert set(flags) == {'config', 'workdir'}, flags  # plain --config and --workdir
   config_file, _, variants = flags['config'].partition(':')
-  main.check_config_arg(os.path.join(REPO, config_file) + (f':{variants}' if variants else ''))
+  config_check.check_config_arg(os.path.join(REPO, config_file) + (f':{variants}' if variants else ''))
   assert not variants, 'the front-page command runs the default config'
   name = os.path.splitext(os.path.basename(config_file))[0]
   assert load_config(name).data.name  # the config loads
