@@ -391,3 +391,31 @@ def test_superpixel_ceiling_keeps_the_segments_mostly_inside():
   # kept: rows 0, 1 (8 px), foreground 9 px, overlap 7 px, union 10 px.
   assert ceiling.superpixel_union_iou(segments, foreground) == pytest.approx(0.7)
   assert ceiling.superpixel_union_iou(segments, segments < 2) == 1.0
+
+
+def test_natural_classifier_fits_its_variant_and_is_as_accurate_as_recorded():
+  """The shipped `natural` classifier: compatible with the variant, its data identity that of
+  the variant (split sizes aside), its accuracy recomputed on freshly drawn test images."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from configs import synthetic as synthetic_configs  # pylint: disable=g-import-not-at-top
+  from wysiwyc import train_steps  # pylint: disable=g-import-not-at-top
+  from wysiwyc.data import pipeline  # pylint: disable=g-import-not-at-top
+  from wysiwyc.models import classifiers  # pylint: disable=g-import-not-at-top
+  config = synthetic_configs.get_config('natural')
+  name = shipped.entry_name(config.classifier.checkpoint)
+  metadata = shipped.read_metadata(name)
+  shipped.check_compatible(metadata, config, synthetic.SHAPE_NAMES[:6])
+  params = synthetic.SyntheticParams.from_config(config.data.synthetic)
+  trained_on = synthetic.SyntheticParams.from_config(metadata['dataset']['generation'])
+  assert dataclasses.replace(trained_on, num_train=params.num_train) == params
+  examples = [synthetic.generate_example(params, 'test', i) for i in range(128)]
+  images = np.stack([e['image'] for e in examples]) / 255.0
+  images = (images - np.asarray(pipeline.IMAGENET_MEAN)) / np.asarray(pipeline.IMAGENET_STD)
+  labels = np.stack([e['labels'] for e in examples])
+  model = classifiers.build(config.classifier.name, 6, **config.classifier.kwargs)
+  target = jax.device_get(dict(model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))))
+  logits = model.apply(shipped.load(name, target), jnp.asarray(images, jnp.float32))
+  accuracy = float(train_steps.per_class_accuracy(logits, labels, True).mean())
+  recorded = metadata['per_class_accuracy']['test']
+  assert recorded >= 0.9 and abs(accuracy - recorded) < 0.04, (accuracy, recorded)
