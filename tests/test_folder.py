@@ -248,3 +248,70 @@ def test_bad_input_names_file_and_line_and_writes_nothing(tmp_path, case):
     assert where in message and problem in message, message
   assert snapshot(root) == before
   assert not os.path.exists(data_dir) or not os.listdir(data_dir)
+
+
+# ---------------------------------------------------------------------------- the main job
+
+
+def _smoke_config(root, data_dir):
+  config = load_config('folder', 'smoke')
+  config.data.folder.root = str(root)
+  config.data.data_dir = str(data_dir)
+  return config
+
+
+def test_main_job_on_a_manifest_with_masks(tmp_path):
+  from wysiwyc import explain  # pylint: disable=g-import-not-at-top
+  from wysiwyc import train  # pylint: disable=g-import-not-at-top
+  root = make_manifest(tmp_path / 'mine')
+  before = snapshot(root)
+  workdir = str(tmp_path / 'work')
+  results = train.train_and_evaluate(_smoke_config(root, tmp_path / 'tfds'), workdir)
+  for method in ('explainer', 'ground_truth', 'all_0'):
+    assert 0 <= results[method]['iou@0.5'] <= 1, method
+  assert results['ground_truth']['iou@0.5'] == pytest.approx(1.0)
+  assert results['classifier']['num_test_images'] == 6
+  assert 0 <= results['explainer']['specificity_own'] <= 1
+  for name in ('results.json', 'results.md', 'figures/masks.png', 'figures/training.png'):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  explainer = explain.load(workdir)
+  assert explainer.class_names == CLASSES and explainer.multilabel
+  image = explain.read_image(os.path.join(root, 'images', 'test_1.png'))
+  assert explainer.masks(image[None]).shape == (1,) + image.shape[:2] + (len(CLASSES),)
+  assert snapshot(root) == before
+
+
+def test_main_job_on_subfolders_without_test_masks_says_what_it_cannot_score(tmp_path, caplog):
+  from wysiwyc import explain  # pylint: disable=g-import-not-at-top
+  from wysiwyc import train  # pylint: disable=g-import-not-at-top
+  root = make_subfolders(tmp_path / 'mine')
+  workdir = str(tmp_path / 'work')
+  config = _smoke_config(root, tmp_path / 'tfds')
+  assert config.classifier.train.object_masking > 0
+  results = train.train_and_evaluate(config, workdir)
+  assert 'object_masking=0.5 needs masks on the training images' in caplog.text
+  assert 'no ground-truth masks' in results['note'] and results['note'] in caplog.text
+  assert results['note'] in open(os.path.join(workdir, 'results.md')).read()
+  assert 'iou@0.5' not in results['explainer'] and 'ground_truth' not in results
+  assert 0 <= results['explainer']['specificity_own'] <= 1
+  assert 0 <= results['classifier']['accuracy_plain'] <= 1
+  assert results['classifier']['num_test_images'] == 6
+  assert not explain.load(workdir).multilabel
+
+
+def test_no_test_split_no_evaluation_said_on_console_and_in_results(tmp_path, caplog):
+  from wysiwyc import evaluation  # pylint: disable=g-import-not-at-top
+  root = make_subfolders(tmp_path / 'mine', counts=(('train', 12),))
+  config = _smoke_config(root, tmp_path / 'tfds')
+  spec = pipeline.prepare(config.data)
+  assert 'test' not in spec.num_examples
+  workdir = str(tmp_path / 'work')
+  # No test split: the stage touches neither the mesh nor the models.
+  results = evaluation.evaluate_and_report(config, spec, workdir, None, None, None, None, None)
+  assert results == {'note': evaluation.NO_TEST_NOTE}
+  assert evaluation.NO_TEST_NOTE in caplog.text
+  with open(os.path.join(workdir, 'results.md')) as f:
+    markdown = f.read()
+  assert evaluation.NO_TEST_NOTE in markdown and '| method |' not in markdown
+  assert os.path.getsize(os.path.join(workdir, 'figures', 'training.png')) > 0
+  assert not os.path.exists(os.path.join(workdir, 'figures', 'masks.png'))

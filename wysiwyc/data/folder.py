@@ -21,7 +21,7 @@ mask is the pixels of value c+1 and the merged ground truth every non-zero pixel
 
 TFDS's `ImageFolder` reads the files at every epoch, knows no masks and cannot cut a validation
 split, so one builder of ours, `FolderDataset`, serves both layouts: it decodes every image once
-into `data_dir/wysiwyc_folder/<fingerprint>/`, where the fingerprint hashes the folder's listing
+into `data_dir/folder_dataset/<fingerprint>/`, where the fingerprint hashes the folder's listing
 (path, size and modification time of every file) and `validation_fraction`: a changed folder is
 prepared anew, never served stale. Before anything is written, every file is read and checked;
 bad input stops with one `UserError` naming the file (and the line of the list that names it).
