@@ -211,5 +211,31 @@ def apply_natural(config: ml_collections.ConfigDict) -> None:
     config.classifier.checkpoint = 'zoo:synthetic_natural_cnn'
 
 
+def apply_shortcut(config: ml_collections.ConfigDict) -> None:
+  """A planted shortcut (experiments/shortcut.py): the first two classes each come with a
+  fixed-colour square away from the objects in every image that shows them, never otherwise;
+  the classifier is trained here, from scratch, with the recipe the control shares."""
+  synthetic_config = config.data.synthetic
+  synthetic_config.cue_classes = 2
+  synthetic_config.cue_size = 0.1
+  synthetic_config.cue_rate_present = 1.0
+  synthetic_config.cue_rate_absent = 0.0
+  config.classifier.checkpoint = ''
+  config.classifier.train.num_epochs = 4
+  config.classifier.train.patience = 4
+  config.classifier.train.schedule = 'cosine'
+  config.classifier.train.warmup_steps = 50
+  config.classifier.train.decay_steps = 375  # 4 epochs of 6000 images, batch 64
+
+
+def apply_shortcut_control(config: ml_collections.ConfigDict) -> None:
+  """The shortcut's control: the same cues and recipe, each cue drawn in half the images
+  whatever their classes, so that it says nothing about the label."""
+  apply_shortcut(config)
+  config.data.synthetic.cue_rate_present = 0.5
+  config.data.synthetic.cue_rate_absent = 0.5
+
+
 VARIANTS = {'smoke': apply_smoke, 'rts': apply_real_time_saliency, 'scratch': apply_scratch,
-            'natural': apply_natural}
+            'natural': apply_natural, 'shortcut': apply_shortcut,
+            'shortcut_control': apply_shortcut_control}

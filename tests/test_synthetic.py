@@ -280,7 +280,8 @@ def test_config_names_change_with_every_parameter():
                  min_objects=2, max_objects=4, min_object_size=0.3, max_object_size=0.4,
                  min_visible_fraction=0.6, num_distractors=1, texture_strength=0.3,
                  noise_std=0.01, min_contrast=0.2, seed=4, object_texture=0.3,
-                 edge_blur=0.5)
+                 edge_blur=0.5, cue_classes=1, cue_size=0.2, cue_rate_present=0.5,
+                 cue_rate_absent=0.5)
   assert set(changes) == {f.name for f in dataclasses.fields(base)}
   for key, value in changes.items():
     names.add(dataclasses.replace(base, **{key: value}).config_name())

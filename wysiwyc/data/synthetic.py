@@ -20,12 +20,15 @@ Stored features (small on disk: two PNGs and a few bytes per example):
   labels        (C,) uint8 multi-hot: class c is present iff its label appears in segmentation
   objects       sequence, in drawing order: label (ClassLabel, holds the class names) and
                 visible_pixels (int32, after occlusion)
+  cue_mask      (H, W, 1) uint8 PNG, only with a planted cue (`cue_classes` > 0, see
+                `SyntheticParams`): 0 = none, c + 1 = the cue of class c
 The pipeline derives per-class masks and the foreground from `segmentation` (`to_standard`).
 
 Generation is deterministic and order-independent: example `i` of split `s` uses
 `np.random.default_rng([seed, split_id(s), i])`. Every parameter enters the TFDS config
 name (`s{size}_c{classes}_{hash}`; `object_texture` and `edge_blur` only when they are not 0,
-so that the default data keep their name), so other parameters never reuse stale files, and
+and the cue's parameters only when they are not their defaults, so that the default data keep
+their name), so other parameters never reuse stale files, and
 the same parameters are prepared once into `data_dir` and reused afterwards.
 
 Usage:
@@ -59,6 +62,15 @@ _MAX_PLACEMENT_TRIES = 30
 _MAX_COLOUR_TRIES = 10
 # Parameters left out of a data set's name while 0 (`SyntheticParams.identity`).
 _APPEARANCE_FIELDS = ('object_texture', 'edge_blur')
+# The planted cue's parameters, left out of the name while at their defaults (no cue).
+_CUE_FIELDS = ('cue_classes', 'cue_size', 'cue_rate_present', 'cue_rate_absent')
+# The cue of class c is a flat square of colour CUE_COLOURS[c] (RGB corners: no object's
+# uniform random colour comes close but by rare chance).
+CUE_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255),
+               (0, 255, 255), (255, 128, 0), (128, 0, 255))
+# The test split with the cue's rates exchanged (`SyntheticParams.cue_classes` > 0 only).
+SWAPPED_SPLIT = 'test_swapped'
+_CUE_MARGIN = 2               # free pixels between a cue and any object or other cue
 
 
 def default_synthetic_config() -> ml_collections.ConfigDict:
@@ -101,6 +113,16 @@ class SyntheticParams:
   # change the pixels but never where the objects are. 0 draws as before (and hashes as before).
   object_texture: float = 0.0   # 0 = flat-coloured objects, 1 = full-contrast texture
   edge_blur: float = 0.0        # std of the Gaussian blur of each object's edge, pixels
+  # A planted shortcut (off by default): the first `cue_classes` classes each get a cue, a flat
+  # square of a fixed colour (CUE_COLOURS) placed at random away from the objects, drawn with
+  # probability cue_rate_present in an image that shows its class and cue_rate_absent in one
+  # that does not (1 and 0: the cue says the class; equal rates: it says nothing). Drawn from a
+  # random stream of its own, so the objects are those of the same data without a cue. With a
+  # cue, the split SWAPPED_SPLIT holds the test images with the two rates exchanged.
+  cue_classes: int = 0
+  cue_size: float = 0.1         # side of the cue square, fraction of image_size
+  cue_rate_present: float = 1.0
+  cue_rate_absent: float = 0.0
 
   def __post_init__(self):
     problems = []
@@ -122,6 +144,12 @@ class SyntheticParams:
                       'edge_blur must be >= 0')
     if self.object_texture > 1:
       problems.append('object_texture must be in [0, 1]')
+    if not 0 <= self.cue_classes <= self.num_classes:
+      problems.append('cue_classes must be in [0, num_classes]')
+    if not 0 < self.cue_size <= 0.5 or self.cue_size * self.image_size < 1:
+      problems.append('cue_size must be in (0, 0.5] and at least 1 pixel')
+    if not (0 <= self.cue_rate_present <= 1 and 0 <= self.cue_rate_absent <= 1):
+      problems.append('cue_rate_present and cue_rate_absent must be in [0, 1]')
     if problems:
       raise ValueError('Invalid synthetic data config: ' + '; '.join(problems))
 
@@ -148,7 +176,10 @@ class SyntheticParams:
 
   @property
   def split_sizes(self) -> Dict[str, int]:
-    return {'train': self.num_train, 'validation': self.num_validation, 'test': self.num_test}
+    sizes = {'train': self.num_train, 'validation': self.num_validation, 'test': self.num_test}
+    if self.cue_classes:
+      sizes[SWAPPED_SPLIT] = self.num_test
+    return sizes
 
   @property
   def draws_natural(self) -> bool:
@@ -162,6 +193,9 @@ class SyntheticParams:
     for key in _APPEARANCE_FIELDS:
       if values[key] == 0:
         del values[key]
+    for field in dataclasses.fields(self):
+      if field.name in _CUE_FIELDS and values[field.name] == field.default:
+        del values[field.name]
     return values
 
   def config_name(self) -> str:
@@ -358,8 +392,13 @@ def generate_example(params: SyntheticParams, split: str, index: int) -> dict:
 
   Returns numpy arrays: image (H,W,3) uint8, segmentation (H,W) uint8 (0 = background,
   c + 1 = class c), labels (C,) uint8, and in drawing order object_labels (K,) int64,
-  object_areas (K,) int32 (pixels when drawn) and visible_pixels (K,) int32 (at the end).
+  object_areas (K,) int32 (pixels when drawn) and visible_pixels (K,) int32 (at the end);
+  with a cue (`params.cue_classes` > 0) also cue_mask (H,W) uint8 (0 = none, c + 1 = the cue
+  of class c). SWAPPED_SPLIT example `index` is test example `index` with the cue's rates
+  exchanged.
   """
+  swapped = split == SWAPPED_SPLIT
+  split = 'test' if swapped else split
   rng = np.random.default_rng([params.seed, SPLIT_IDS[split], index])
   size = params.image_size
   canvas = _background(rng, size, params.texture_strength)
@@ -395,6 +434,10 @@ def generate_example(params: SyntheticParams, split: str, index: int) -> dict:
   if params.draws_natural:  # the same objects, textured and/or with soft edges
     appearance_rng = np.random.default_rng([params.seed, SPLIT_IDS[split], index, 1])
     canvas = _draw_natural(appearance_rng, background, masks, colours, params)
+  cue_mask = None
+  if params.cue_classes:  # after the objects, beside them: it hides none of their pixels
+    cue_rng = np.random.default_rng([params.seed, SPLIT_IDS[split], index, 2])
+    cue_mask = _draw_cues(cue_rng, canvas, owner >= 0, set(classes), params, swapped)
   if params.noise_std > 0:
     canvas = canvas + rng.normal(0, params.noise_std * 255, canvas.shape)
   image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
@@ -402,9 +445,38 @@ def generate_example(params: SyntheticParams, split: str, index: int) -> dict:
   segmentation = (class_of_owner[owner + 1] + 1).astype(np.uint8)
   labels = (np.bincount(segmentation.ravel(), minlength=params.num_classes + 1)[1:] > 0)
   visible = np.bincount(owner[owner >= 0], minlength=len(classes)).astype(np.int32)
-  return dict(image=image, segmentation=segmentation, labels=labels.astype(np.uint8),
-              object_labels=np.asarray(classes, np.int64),
-              object_areas=np.asarray(areas, np.int32), visible_pixels=visible)
+  example = dict(image=image, segmentation=segmentation, labels=labels.astype(np.uint8),
+                 object_labels=np.asarray(classes, np.int64),
+                 object_areas=np.asarray(areas, np.int32), visible_pixels=visible)
+  if cue_mask is not None:
+    example['cue_mask'] = cue_mask
+  return example
+
+
+def _draw_cues(rng, canvas: np.ndarray, occupied: np.ndarray, present, params,
+               swapped: bool) -> np.ndarray:
+  """Paints the cue of each cued class (in place) with its rate given whether the class is in
+  `present`, at a random free place `_CUE_MARGIN` px away from `occupied` pixels and other
+  cues (skipped if none is found); returns the cue label map (0 = none, c + 1 = class c)."""
+  size = params.image_size
+  side = max(1, int(round(params.cue_size * size)))
+  cue_mask = np.zeros((size, size), np.uint8)
+  blocked = scipy.ndimage.binary_dilation(occupied, np.ones((3, 3), bool), _CUE_MARGIN)
+  for label in range(params.cue_classes):
+    rates = (params.cue_rate_present, params.cue_rate_absent)
+    rate = rates[(label in present) == swapped]
+    if rng.random() >= rate:
+      continue
+    for _ in range(_MAX_PLACEMENT_TRIES):
+      row, col = rng.integers(0, size - side + 1, 2)
+      if blocked[row:row + side, col:col + side].any():
+        continue
+      canvas[row:row + side, col:col + side] = CUE_COLOURS[label]
+      cue_mask[row:row + side, col:col + side] = label + 1
+      lo_r, lo_c = max(row - _CUE_MARGIN, 0), max(col - _CUE_MARGIN, 0)
+      blocked[lo_r:row + side + _CUE_MARGIN, lo_c:col + side + _CUE_MARGIN] = True
+      break
+  return cue_mask
 
 
 def _object_appearance(rng, size: int, colour: np.ndarray, strength: float) -> np.ndarray:
@@ -466,17 +538,20 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     p = self.params
+    features = {
+        'image': tfds.features.Image(shape=(p.image_size, p.image_size, 3)),
+        'segmentation': tfds.features.Image(shape=(p.image_size, p.image_size, 1)),
+        'labels': tfds.features.Tensor(shape=(p.num_classes,), dtype=np.uint8),
+        'objects': tfds.features.Sequence({
+            'label': tfds.features.ClassLabel(names=p.class_names),
+            'visible_pixels': tfds.features.Tensor(shape=(), dtype=np.int32),
+        }),
+    }
+    if p.cue_classes:  # label map of the cues: 0 = none, c + 1 = the cue of class c
+      features['cue_mask'] = tfds.features.Image(shape=(p.image_size, p.image_size, 1))
     return self.dataset_info_from_configs(
         description=__doc__.split('\n\n')[0],
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(p.image_size, p.image_size, 3)),
-            'segmentation': tfds.features.Image(shape=(p.image_size, p.image_size, 1)),
-            'labels': tfds.features.Tensor(shape=(p.num_classes,), dtype=np.uint8),
-            'objects': tfds.features.Sequence({
-                'label': tfds.features.ClassLabel(names=p.class_names),
-                'visible_pixels': tfds.features.Tensor(shape=(), dtype=np.int32),
-            }),
-        }),
+        features=tfds.features.FeaturesDict(features),
         supervised_keys=None,
     )
 
@@ -488,13 +563,16 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split):
     for index in range(self.params.split_sizes[split]):
       example = generate_example(self.params, split, index)
-      yield index, {
+      record = {
           'image': _png(example['image']),
           'segmentation': _png(example['segmentation']),
           'labels': example['labels'],
           'objects': {'label': example['object_labels'],
                       'visible_pixels': example['visible_pixels']},
       }
+      if 'cue_mask' in example:
+        record['cue_mask'] = _png(example['cue_mask'])
+      yield index, record
 
 
 # --------------------------------------------------------------------- adapter for pipeline

@@ -1,0 +1,105 @@
+"""Tests of the planted-shortcut benchmark: the cue in the synthetic data, the cue-share metric
+and experiments/shortcut.py end to end at smoke size."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from wysiwyc.data import synthetic
+
+CUED = dict(image_size=32, num_train=20, num_validation=8, num_test=24, seed=3, cue_classes=2,
+            cue_size=0.15)
+
+
+def cued_params(**overrides) -> synthetic.SyntheticParams:
+  return synthetic.SyntheticParams(**{**CUED, **overrides})
+
+
+def cue_drawn(example, label) -> bool:
+  return bool(np.any(example['cue_mask'] == label + 1))
+
+
+def test_cue_mask_marks_the_cue_colour_away_from_the_objects():
+  params = cued_params()
+  side = round(params.cue_size * params.image_size)
+  seen = 0
+  for index in range(params.num_test):
+    example = synthetic.generate_example(params, 'test', index)
+    for label in range(params.cue_classes):
+      where = example['cue_mask'] == label + 1
+      if not where.any():
+        continue
+      seen += 1
+      assert where.sum() == side * side  # one whole square
+      assert np.all(example['image'][where] == synthetic.CUE_COLOURS[label])
+      assert not np.any(where & (example['segmentation'] > 0))
+  assert seen > 5
+
+
+def test_shortcut_cue_goes_with_its_class_and_the_swapped_split_inverts_it():
+  params = cued_params()
+  for index in range(params.num_test):
+    aligned = synthetic.generate_example(params, 'test', index)
+    swapped = synthetic.generate_example(params, synthetic.SWAPPED_SPLIT, index)
+    # The same objects: only the cue moved.
+    np.testing.assert_array_equal(aligned['segmentation'], swapped['segmentation'])
+    np.testing.assert_array_equal(aligned['labels'], swapped['labels'])
+    for label in range(params.cue_classes):
+      present = bool(aligned['labels'][label])
+      assert cue_drawn(aligned, label) == present
+      # A cue may find no free place; with these sizes it always did.
+      assert cue_drawn(swapped, label) == (not present)
+    assert np.all(aligned['cue_mask'] <= params.cue_classes)
+
+
+def test_control_cue_says_nothing_about_the_label():
+  params = cued_params(num_train=400, cue_rate_present=0.5, cue_rate_absent=0.5)
+  drawn, present = [], []
+  for index in range(params.num_train):
+    example = synthetic.generate_example(params, 'train', index)
+    drawn.append(cue_drawn(example, 0))
+    present.append(bool(example['labels'][0]))
+  drawn, present = np.asarray(drawn), np.asarray(present)
+  assert abs(drawn[present].mean() - drawn[~present].mean()) < 0.15
+  assert 0.35 < drawn.mean() < 0.65
+
+
+def test_the_cue_moves_no_object_and_the_default_data_have_no_cue():
+  params = cued_params()
+  plain = dataclasses.replace(params, cue_classes=0)
+  for index in range(5):
+    cued = synthetic.generate_example(params, 'train', index)
+    clean = synthetic.generate_example(plain, 'train', index)
+    assert 'cue_mask' not in clean
+    np.testing.assert_array_equal(cued['segmentation'], clean['segmentation'])
+    outside = cued['cue_mask'] == 0
+    np.testing.assert_array_equal(cued['image'][outside], clean['image'][outside])
+  assert synthetic.SWAPPED_SPLIT not in plain.split_sizes
+  assert params.split_sizes[synthetic.SWAPPED_SPLIT] == params.num_test
+  assert 'cue_classes' not in plain.identity()
+  assert params.config_name() != plain.config_name()
+
+
+@pytest.mark.parametrize('bad', [dict(cue_classes=7), dict(cue_size=0.0), dict(cue_size=0.6),
+                                 dict(cue_rate_present=1.5), dict(cue_rate_absent=-0.1)])
+def test_invalid_cue_is_refused(bad):
+  with pytest.raises(ValueError, match='cue'):
+    cued_params(**bad)
+
+
+def test_builder_stores_the_cue_mask_and_the_swapped_split(tmp_path):
+  config = synthetic.default_data_config()
+  config.data_dir = str(tmp_path)
+  config.synthetic.update(dict(CUED, num_train=4, num_validation=2, num_test=3))
+  builder = synthetic.make_builder(config)
+  builder.download_and_prepare()
+  assert set(builder.info.splits) == {'train', 'validation', 'test', synthetic.SWAPPED_SPLIT}
+  params = synthetic.SyntheticParams.from_config(config.synthetic)
+  for split in ('test', synthetic.SWAPPED_SPLIT):
+    stored = {}
+    for record in builder.as_dataset(split=split).as_numpy_iterator():
+      stored[record['image'].tobytes()] = record['cue_mask'][..., 0]
+    for index in range(params.num_test):
+      example = synthetic.generate_example(params, split, index)
+      np.testing.assert_array_equal(stored[example['image'].tobytes()], example['cue_mask'])
