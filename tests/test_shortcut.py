@@ -103,3 +103,27 @@ def test_builder_stores_the_cue_mask_and_the_swapped_split(tmp_path):
     for index in range(params.num_test):
       example = synthetic.generate_example(params, split, index)
       np.testing.assert_array_equal(stored[example['image'].tobytes()], example['cue_mask'])
+
+
+# ------------------------------------------------------------------------------ cue share
+
+
+def test_mass_shares_on_hand_made_maps():
+  from wysiwyc import metrics
+  cue = np.zeros((8, 8))
+  cue[0:2, 0:2] = 1
+  obj = np.zeros((8, 8))
+  obj[4:8, 4:8] = 1
+  regions = np.stack([cue, obj])
+  on_cue = cue * 0.9
+  np.testing.assert_allclose(metrics.mass_shares(on_cue, regions), [1.0, 0.0], atol=1e-6)
+  # Half the mass on the object, a quarter on the cue, the rest on the background.
+  mixed = 0.5 * obj / obj.sum() + 0.25 * cue / cue.sum()
+  mixed[2, 7] = 0.25
+  np.testing.assert_allclose(metrics.mass_shares(mixed, regions), [0.25, 0.5], atol=1e-6)
+  # A uniform map gives each region its area share; an empty map gives 0, not NaN.
+  np.testing.assert_allclose(metrics.mass_shares(np.ones((8, 8)), regions), [4 / 64, 16 / 64],
+                             atol=1e-6)
+  np.testing.assert_array_equal(metrics.mass_shares(np.zeros((8, 8)), regions), [0.0, 0.0])
+  with pytest.raises(AssertionError):
+    metrics.mass_shares(np.ones((8, 8)), np.ones((2, 4, 4)))

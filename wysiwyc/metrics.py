@@ -344,6 +344,18 @@ def insertion_deletion(classify, images: chex.Array, saliency: chex.Array,
           'insertion_curve': insertion_curve, 'deletion_curve': deletion_curve}
 
 
+def mass_shares(saliency: chex.Array, regions: chex.Array) -> jnp.ndarray:
+  """Share of a map's total mass that lies in each region: saliency (H,W) >= 0, regions (R,H,W)
+  in {0,1} -> (R,) in [0,1] (all 0 for an all-zero map). The planted-shortcut benchmark compares
+  the share on the cue with the share on the object."""
+  chex.assert_rank([saliency, regions], [2, 3])
+  chex.assert_equal(saliency.shape, regions.shape[1:])
+  saliency = jnp.maximum(_soft(saliency), 0.0)
+  total = saliency.sum()
+  inside = (_binary(regions) * saliency).sum(axis=(1, 2))
+  return jnp.where(total > 0, inside / jnp.maximum(total, 1e-12), 0.0)
+
+
 def pointing_game_hit(saliency: chex.Array, seg: chex.Array, tolerance: float = 0.0) -> jnp.ndarray:
   """Pointing game (Zhang et al. 2016): 1 if the saliency maximum (first in raster order on
   ties) lies within `tolerance` pixels (Euclidean) of the object, else 0 (also for an empty
