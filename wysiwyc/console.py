@@ -52,6 +52,10 @@ def trained_stage_line(stage: str, start: str, budget: str) -> str:
   return f'{stage}: starts from {start}, {budget}'
 
 
+def resumed_stage_line(stage: str, step: int, epoch: int, batch: int) -> str:
+  return f'{stage}: resuming from step {step} (epoch {epoch}, batch {batch}).'
+
+
 def reused_stage_line(stage: str) -> str:
   return f'{stage}: finished in this workdir earlier; its best checkpoint is used'
 

@@ -156,8 +156,8 @@ def fit(stage: Stage, state: train_steps.TrainState, config: ml_collections.Conf
       stage.name, stage.start,
       console.step_budget(tc.get('max_steps', 0), tc.num_epochs, steps_per_epoch, tc.patience)))
   if restored is not None:
-    console.say(f'{stage.name}: resumes at step {step} (epoch {meta["epoch"] + 1}, batch '
-                f'{meta["batch_in_epoch"]} of {steps_per_epoch})')
+    console.say(console.resumed_stage_line(stage.name, step, meta['epoch'] + 1,
+                                           meta['batch_in_epoch']))
   bar = console.progress_bar(stage.name, min(max_steps, tc.num_epochs * steps_per_epoch),
                              int(state.step))
 
@@ -183,8 +183,7 @@ def fit(stage: Stage, state: train_steps.TrainState, config: ml_collections.Conf
           for k, v in values.items():
             train_sums[k] = train_sums.get(k, 0.0) + v
           meta['epoch_train_count'] = meta.get('epoch_train_count', 0) + 1
-          bar.set_postfix(epoch=f'{epoch + 1}/{tc.num_epochs}',
-                          loss=f"{values.get('loss', float('nan')):.4f}")
+          bar.set_postfix(epoch=epoch + 1, loss=f"{values.get('loss', float('nan')):.4f}")
           writer.scalars(step, {f'train/{k}': v for k, v in values.items()})
         if sigterm.raised or preemption_sync_point(step):
           save_latest()

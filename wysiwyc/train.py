@@ -4,7 +4,6 @@ workdir, reusing what an earlier run of the same workdir finished.
 
 import os
 
-from absl import logging
 import jax
 import ml_collections
 
@@ -47,8 +46,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   run_setup.check_inputs_available(config)  # missing data or weights: stop before writing
   os.makedirs(workdir, exist_ok=True)
   mesh = data_parallel.create_mesh()
-  logging.info('Devices: %d (%s) in %d process(es).', jax.device_count(),
-               jax.devices()[0].platform, jax.process_count())
+  console.say(f'devices: {jax.device_count()} ({jax.devices()[0].platform}) in '
+              f'{jax.process_count()} process(es)')
   spec = prepare_data(config.data)
   run_setup.write_workdir_description(config, spec, workdir)
   rng = jax.random.key(config.seed)
