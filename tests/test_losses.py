@@ -442,6 +442,17 @@ def test_point_loss_matches_numpy_and_rewards_the_own_channel_at_its_point():
   assert losses.point_loss(own, targets, point) < losses.point_loss(both, targets, point) / 10
 
 
+def test_explainer_point_term_weighs_the_points_by_the_target_mask():
+  seg, images, targets = random_inputs()
+  classify = jax_classify(*linear_params())
+  squared = lambda x: classify(x ** 2)  # a classifier whose gradient varies over the pixels
+  _, aux = losses.explainer_loss(seg, images, targets, squared, lambda_point=1.0,
+                                 point_sigma=1.5)
+  target_mask, _ = np_extract_masks(seg, targets)
+  points = np.asarray(losses.gradient_points(images, squared, 1.5)) * target_mask[..., None]
+  np.testing.assert_allclose(aux['point'], np_point_loss(seg, targets, points), **TOL)
+
+
 def test_gradient_points_centre_on_each_class_evidence():
   # Class c's logit reads one pixel (row 1 + 2c, column 6 - c) of the green channel only.
   pixels = [(1 + 2 * c, 6 - c) for c in range(C)]

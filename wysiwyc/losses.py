@@ -168,11 +168,17 @@ def pooled_class_loss(segmentations: Array, targets: Array, sharpness: float = 1
   return classification_loss(pooled, targets.astype(jnp.float32), multilabel)
 
 
+def _gaussian_blur_matrix(n: int, sigma: float) -> Array:
+  """(n,n) zero-padded 1-D Gaussian blur of std `sigma` as a matrix."""
+  distance = jnp.arange(n)[None, :] - jnp.arange(n)[:, None]
+  return jnp.exp(-distance ** 2 / (2.0 * sigma ** 2))
+
+
 def gradient_points(images: Array, classify: Classify, sigma: float = 2.0) -> Array:
   """Where the classifier sees each class: (B,H,W,C) Gaussian bumps (std `sigma` pixels, peak 1)
-  centred on the maximum over pixels of max over colours of |d logit_c / d image|, one reverse
-  pass of `classify` per class (Simonyan et al.'s saliency map, whose maximum is the pointing
-  game's point). No gradient flows through the result."""
+  centred on the maximum of the class's saliency map, max over colours of |d logit_c / d image|
+  (Simonyan et al.; one reverse pass of `classify` per class) blurred by the same Gaussian: the
+  raw maximum often lies on the outline, just outside the object. No gradient flows through."""
   chex.assert_rank(images, 4)
   images = jax.lax.stop_gradient(images)
   logits, vjp = jax.vjp(classify, images)
@@ -181,7 +187,9 @@ def gradient_points(images: Array, classify: Classify, sigma: float = 2.0) -> Ar
   cotangents = jnp.broadcast_to(jnp.eye(num_classes, dtype=logits.dtype)[:, None, :],
                                 (num_classes,) + logits.shape)
   (grads,) = jax.vmap(vjp)(cotangents)  # (C,B,H,W,3)
-  saliency = jnp.abs(grads).max(axis=-1).reshape(num_classes, b, h * w)
+  saliency = jnp.einsum('ik,cbkl,jl->cbij', _gaussian_blur_matrix(h, sigma),
+                        jnp.abs(grads).max(axis=-1), _gaussian_blur_matrix(w, sigma))
+  saliency = saliency.reshape(num_classes, b, h * w)
   peak = jnp.argmax(saliency, axis=-1)  # (C,B)
   rows = jnp.arange(h)[:, None] - (peak // w)[..., None, None]
   cols = jnp.arange(w)[None, :] - (peak % w)[..., None, None]
@@ -220,7 +228,7 @@ def explainer_loss(segmentations: Array, images: Array, targets: Array, classify
                    min_area: float = 0.05, max_area: float = 0.3, lambda_single: float = 0.0,
                    lambda_overlap: float = 0.0, lambda_pooled: float = 0.0,
                    pooled_sharpness: float = 1.0, lambda_point: float = 0.0,
-                   point_sigma: float = 2.0, multilabel: bool = True
+                   point_sigma: float = 4.0, multilabel: bool = True
                    ) -> tuple[Array, dict[str, Array]]:
   """The Explainer's loss (Stalder et al. 2022). Returns (total, unweighted terms).
 
@@ -255,7 +263,10 @@ def explainer_loss(segmentations: Array, images: Array, targets: Array, classify
                        if single else jnp.zeros((), jnp.float32)),
       'class_overlap': class_overlap_loss(segmentations, targets),
       'pooled_class': pooled_class_loss(segmentations, targets, pooled_sharpness, multilabel),
-      'point': (point_loss(segmentations, targets, gradient_points(images, classify, point_sigma))
+      # The points name the class of the target mask around them, never add to the mask.
+      'point': (point_loss(segmentations, targets,
+                           gradient_points(images, classify, point_sigma)
+                           * jax.lax.stop_gradient(target_mask)[..., None])
                 if point else jnp.zeros((), jnp.float32)),
   }
   weights = {'classification': lambda_c, 'entropy': lambda_e, 'tv': lambda_tv,
