@@ -4,6 +4,10 @@ All functions are pure, NHWC with the class axis last, jit-compatible and
 differentiable. `min_area` and `max_area` must be Python floats (they fix the
 reference masks); loss weights may be Python floats or traced scalars. Every term
 is finite, so a weight of 0 removes the term and its gradient exactly.
+
+Longer than 400 lines because the paper's terms, the ablation terms and the totals that weigh them
+share the mask conventions above (`extract_masks`, the area references); each is a short pure
+function that the totals combine by name.
 """
 
 import math
