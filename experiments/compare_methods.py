@@ -246,11 +246,11 @@ METHOD_BUILDERS: Dict[str, Callable[[Context], MethodFn]] = default_builders()
 # Data and the Real-Time Saliency baseline.
 
 
-def load_test_images(config: ml_collections.ConfigDict, num_images: int,
-                     batch_size: int) -> Dict[str, np.ndarray]:
-  """The first `num_images` (0: all) valid test images as one dict of numpy arrays."""
+def load_test_images(config: ml_collections.ConfigDict, num_images: int, batch_size: int,
+                     split: str = 'test') -> Dict[str, np.ndarray]:
+  """The first `num_images` (0: all) valid images of `split` as one dict of numpy arrays."""
   chunks, seen = [], 0
-  dataset = pipeline.make_dataset(config.data, 'test', batch_size, training=False,
+  dataset = pipeline.make_dataset(config.data, split, batch_size, training=False,
                                   seed=config.seed)
   for batch in pipeline.as_numpy(dataset):
     valid = batch['valid'].astype(bool)
