@@ -2,6 +2,7 @@
 and experiments/shortcut.py end to end at smoke size."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -127,3 +128,76 @@ def test_mass_shares_on_hand_made_maps():
   np.testing.assert_array_equal(metrics.mass_shares(np.zeros((8, 8)), regions), [0.0, 0.0])
   with pytest.raises(AssertionError):
     metrics.mass_shares(np.ones((8, 8)), np.ones((2, 4, 4)))
+
+
+# ------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope='module')
+def report(tmp_path_factory):
+  """experiments/shortcut.py at smoke size on fabricated (untrained) workdirs, as training
+  leaves them: the measurement, not the training, is under test."""
+  from absl import flags
+  from tests.conftest import fabricate_workdir
+  from wysiwyc import checkpointing
+  from wysiwyc.data import pipeline
+  import experiments.shortcut as shortcut  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS(['shortcut'])
+  data_dir = str(tmp_path_factory.mktemp('data'))
+  root = tmp_path_factory.mktemp('shortcut')
+  for seed, name in enumerate(shortcut.CLASSIFIERS):
+    config = shortcut.classifier_config(name, smoke=True, explainer_steps=0, data_dir=data_dir)
+    spec = pipeline.prepare(config.data)
+    fabricate_workdir(str(root / name), config, spec.class_names, seed=seed)
+    checkpointing.write_json_atomic(str(root / name / 'results.json'), {})
+  out = shortcut.run(str(root), smoke=True, methods=['explainer', 'grad_cam'],
+                     data_dir=data_dir, batch_size=8, figure_images=2)
+  return root, out
+
+
+def test_report_follows_the_contract(report):
+  root, out = report
+  with open(root / 'shortcut.json') as f:
+    stored = json.load(f)
+  assert stored == json.loads(json.dumps(out))
+  assert set(stored['methods']) == {'explainer', 'grad_cam'}
+  for method in stored['methods'].values():
+    for name in ('shortcut', 'control'):
+      row = method[name]
+      assert 0 <= row['cue_share'] <= 1 and 0 <= row['object_share'] <= 1
+      assert row['cue_share'] + row['object_share'] <= 1 + 1e-6
+      assert -1 <= row['deletion_drop'] <= 1
+  for name in ('shortcut', 'control'):
+    accuracy = stored['classifiers'][name]
+    assert 0 <= accuracy['aligned_accuracy'] <= 1 and 0 <= accuracy['swapped_accuracy'] <= 1
+  # The uniform map's shares are the areas: a cue far smaller than an object.
+  uniform = stored['references']['uniform']['shortcut']
+  assert 0 < uniform['cue_share'] < uniform['object_share'] < 1
+  assert stored['settings']['num_pairs'] > 0
+  assert (root / 'figures' / 'shortcut.png').stat().st_size > 0
+  text = (root / 'shortcut.md').read_text()
+  assert '| explainer |' in text and '| cue mask |' in text
+
+
+def test_deletion_removes_the_top_pixels_and_measures_the_drop():
+  import experiments.shortcut as shortcut  # pylint: disable=g-import-not-at-top
+  maps = np.zeros((1, 4, 4), np.float32)
+  maps[0, 1, 2:] = [0.9, 0.8]
+  maps[0, 3, 0] = 0.5
+  np.testing.assert_array_equal(shortcut.top_pixels(maps, 2 / 16)[0], maps[0] > 0.6)
+  # A classifier whose probability is the mean of the first channel: deleting pixels of value
+  # 1 (to 0) drops it by their share of the image.
+  classify = lambda x: np.asarray(x)[..., 0].mean(axis=(1, 2))[:, None]
+  images = np.ones((1, 4, 4, 3), np.float32)
+  drop = shortcut.deletion_drop(classify, images, maps > 0.6, np.zeros(1, np.int64))
+  np.testing.assert_allclose(drop, 2 / 16, rtol=1e-6)
+
+
+def test_unknown_method_is_a_clear_error(tmp_path):
+  import experiments.shortcut as shortcut  # pylint: disable=g-import-not-at-top
+  from wysiwyc import errors
+  with pytest.raises(errors.UserError, match='Unknown methods'):
+    shortcut.run(str(tmp_path), smoke=True, methods=['gradcam'])
+  with pytest.raises(errors.UserError, match='deletion_fraction'):
+    shortcut.run(str(tmp_path), smoke=True, deletion_fraction=1.5)
