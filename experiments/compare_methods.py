@@ -15,6 +15,8 @@ baseline of `wysiwyc.attribution.METHODS` on the same test images, and writes to
 (or --out):
 
   comparison.md        the table, the settings and whether the paper's findings hold here
+  comparison_summary.md    the part of comparison.md that pages quote (experiments/fill_tables.py):
+                       the table, how to read it and the findings
   comparison.csv       method x metric, plus seconds per image for all classes
   comparison.json      the same numbers, and the class-specificity matrices
   figures/comparison.png   images in rows, methods in columns: the masks of the image's
@@ -511,8 +513,26 @@ def write_reports(results: Dict[str, dict], out_dir: str, settings: Dict[str, ob
   os.replace(path + '.tmp', path)
   checkpointing.write_json_atomic(os.path.join(out_dir, 'comparison.json'),
                                   {'settings': settings, 'results': results})
-  lines = ['# Attribution methods compared', '',
-           f'Workdir `{settings["workdir"]}`, {settings["num_images"]} test images '
+  summary = _summary_lines(rows, results, settings)
+  lines = ['# Attribution methods compared', ''] + [
+      "## The paper's findings here" if line == FINDINGS_HEADING else line for line in summary]
+  lines += ['', '## Settings', '']
+  lines += [f'- {k}: {v}' for k, v in settings.items()]
+  lines += ['', 'Sanity check: the amortized explainers (explainer, real_time_saliency) do not '
+            'query the classifier at test time, so re-initializing the classifier cannot change '
+            'their masks without retraining them; they are marked n/a.']
+  checkpointing.write_text_atomic(os.path.join(out_dir, 'comparison_summary.md'),
+                                  '\n'.join(summary) + '\n')
+  checkpointing.write_text_atomic(os.path.join(out_dir, 'comparison.md'), '\n'.join(lines) + '\n')
+
+
+FINDINGS_HEADING = "**The paper's findings here:**"
+
+
+def _summary_lines(rows, results, settings) -> List[str]:
+  """What a page quotes of comparison.md (comparison_summary.md): what was compared, the table,
+  how to read it and the paper's findings, without the title and the settings."""
+  lines = [f'Workdir `{settings["workdir"]}`, {settings["num_images"]} test images '
            f'({settings["num_pairs"]} (image, present class) pairs), '
            f'{settings["device"]}.', '',
            '| method | ' + ' | '.join(TABLE_COLUMNS) + ' |',
@@ -522,13 +542,8 @@ def write_reports(results: Dict[str, dict], out_dir: str, settings: Dict[str, ob
                  + ' |')
   lines += ['', 'Higher is better except deletion, saliency, specificity_other, '
             'sanity_rank_corr and seconds_per_image. n/a: not applicable (see below).', '',
-            '## The paper\'s findings here', ''] + findings(results)
-  lines += ['', '## Settings', '']
-  lines += [f'- {k}: {v}' for k, v in settings.items()]
-  lines += ['', 'Sanity check: the amortized explainers (explainer, real_time_saliency) do not '
-            'query the classifier at test time, so re-initializing the classifier cannot change '
-            'their masks without retraining them; they are marked n/a.']
-  checkpointing.write_text_atomic(os.path.join(out_dir, 'comparison.md'), '\n'.join(lines) + '\n')
+            FINDINGS_HEADING, ''] + findings(results)
+  return lines
 
 
 def save_figure(data, all_maps: Dict[str, np.ndarray], class_names, path: str,
