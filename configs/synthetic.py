@@ -107,11 +107,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # pooled_sharpness) classifies the labels (losses.pooled_class_loss), the self-explainer's signal.
   config.loss.lambda_pooled = 0.0
   config.loss.pooled_sharpness = 1.0
-  # NOT in the paper (0 = off): near the maximum of the classifier's blurred gradient map of each
-  # target class (a Gaussian of std point_sigma px, weighted by the target mask), that class's
-  # channel on, the others off (losses.point_loss; one classifier reverse pass per class).
-  config.loss.lambda_point = 0.0
-  config.loss.point_sigma = 4.0
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64

@@ -15,8 +15,7 @@ TOL = dict(rtol=1e-5, atol=1e-6)
 EXPLAINER_WEIGHTS = {'classification': 'lambda_c', 'entropy': 'lambda_e', 'tv': 'lambda_tv',
                      'area_class': 'lambda_ac', 'area_target': 'lambda_t',
                      'area_non_target': 'lambda_nt', 'single_class': 'lambda_single',
-                     'class_overlap': 'lambda_overlap', 'pooled_class': 'lambda_pooled',
-                     'point': 'lambda_point'}
+                     'class_overlap': 'lambda_overlap', 'pooled_class': 'lambda_pooled'}
 SELF_EXPLAINER_WEIGHTS = {
     'classification_teacher': 'lambda_c', 'classification_student': 'lambda_c',
     'similarity': 'lambda_similarity', 'tv': 'lambda_tv', 'area_class': 'lambda_ac',
@@ -346,7 +345,6 @@ def np_explainer_terms(seg, images, targets, weight, bias, min_area=0.05, max_ar
       'single_class': 0.0,
       'class_overlap': np_class_overlap_loss(seg, targets),
       'pooled_class': np_bce(np_pooled_logits(seg, 1.0), targets),
-      'point': 0.0,
   }
 
 
@@ -406,69 +404,6 @@ def test_pooled_class_loss_prefers_the_class_channel_on_its_own_object():
   assert losses.pooled_class_loss(own_only, targets) < losses.pooled_class_loss(blob, targets)
   with pytest.raises(ValueError, match='sharpness > 0'):
     losses.pooled_class_loss(blob, targets, 0.0)
-
-
-def np_point_loss(seg, targets, points):
-  b_, h_, w_, c_ = seg.shape
-  pairs = []
-  for b in range(b_):
-    for c in range(c_):
-      if targets[b, c] != 1:
-        continue
-      total = weight_sum = 0.0
-      for i in range(h_):
-        for j in range(w_):
-          bce = [np_bce(seg[b, i, j, k].reshape(1, 1), np.array([[float(k == c)]]))
-                 for k in range(c_)]
-          total += points[b, i, j, c] * sum(bce) / c_
-          weight_sum += points[b, i, j, c]
-      pairs.append(total / weight_sum)
-  return sum(pairs) / max(len(pairs), 1)
-
-
-def test_point_loss_matches_numpy_and_rewards_the_own_channel_at_its_point():
-  seg, _, targets = random_inputs()
-  points = np.random.default_rng(3).uniform(size=seg.shape).astype(np.float32)
-  np.testing.assert_allclose(losses.point_loss(seg, targets, points),
-                             np_point_loss(seg, targets, points), **TOL)
-  # Class 0's point at (2,2): channel 0 alone on there beats channels 0 and 1 both on.
-  point = np.zeros((1, H, W, 2), np.float32)
-  point[0, 2, 2, 0] = 1.0
-  both = np.full((1, H, W, 2), -4.0, np.float32)
-  both[0, 2, 2, :] = 4.0
-  own = both.copy()
-  own[0, 2, 2, 1] = -4.0
-  targets = np.array([[1.0, 1.0]], np.float32)
-  assert losses.point_loss(own, targets, point) < losses.point_loss(both, targets, point) / 10
-
-
-def test_explainer_point_term_weighs_the_points_by_the_target_mask():
-  seg, images, targets = random_inputs()
-  classify = jax_classify(*linear_params())
-  squared = lambda x: classify(x ** 2)  # a classifier whose gradient varies over the pixels
-  _, aux = losses.explainer_loss(seg, images, targets, squared, lambda_point=1.0,
-                                 point_sigma=1.5)
-  target_mask, _ = np_extract_masks(seg, targets)
-  points = np.asarray(losses.gradient_points(images, squared, 1.5)) * target_mask[..., None]
-  np.testing.assert_allclose(aux['point'], np_point_loss(seg, targets, points), **TOL)
-
-
-def test_gradient_points_centre_on_each_class_evidence():
-  # Class c's logit reads one pixel (row 1 + 2c, column 6 - c) of the green channel only.
-  pixels = [(1 + 2 * c, 6 - c) for c in range(C)]
-  read = np.zeros((H, W, 3, C), np.float32)
-  for c, (row, col) in enumerate(pixels):
-    read[row, col, 1, c] = 3.0 if c % 2 else -3.0
-  classify = lambda x: jnp.einsum('bhwk,hwkc->bc', x ** 2, read)
-  _, images, _ = random_inputs()
-  points = np.asarray(losses.gradient_points(images, classify, sigma=1.5))
-  assert points.shape == (B, H, W, C)
-  for c, (row, col) in enumerate(pixels):
-    peaks = points[..., c].reshape(B, -1).argmax(axis=-1)
-    np.testing.assert_array_equal(peaks, row * W + col)
-    np.testing.assert_allclose(points[:, row, (col + 2) % W, c] if col + 2 < W else
-                               points[:, row, col - 2, c], math.exp(-4 / (2 * 1.5 ** 2)),
-                               rtol=1e-5)
 
 
 def test_class_overlap_loss_matches_numpy_and_is_zero_for_disjoint_masks():
@@ -577,10 +512,9 @@ def test_explainer_loss_zero_weights_switch_terms_off():
   args = (seg, images, targets, *linear_params())
   all_off = {w: 0.0 for w in EXPLAINER_WEIGHTS.values()}
   np.testing.assert_array_equal(_explainer_grad(*args, all_off), 0.0)  # no NaN behind a 0
-  # lambda_single, lambda_point > 0 compute the (otherwise skipped) terms; aux is unweighted.
+  # lambda_single > 0 computes the (otherwise skipped) single-class term; aux is unweighted.
   term_grads = jax.jit(jax.jacrev(lambda s: losses.explainer_loss(
-      s, images, targets, jax_classify(*linear_params()), lambda_single=1.0,
-      lambda_point=1.0)[1]))(seg)
+      s, images, targets, jax_classify(*linear_params()), lambda_single=1.0)[1]))(seg)
   for name, weight_name in EXPLAINER_WEIGHTS.items():
     only = np.asarray(_explainer_grad(*args, {**all_off, weight_name: 1.0}))
     assert np.all(np.isfinite(only)), name

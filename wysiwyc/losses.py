@@ -4,10 +4,6 @@ All functions are pure, NHWC with the class axis last, jit-compatible and
 differentiable. `min_area` and `max_area` must be Python floats (they fix the
 reference masks); loss weights may be Python floats or traced scalars. Every term
 is finite, so a weight of 0 removes the term and its gradient exactly.
-
-Longer than 400 lines because the paper's terms, the ablation terms and the totals that weigh them
-share the mask conventions above (`extract_masks`, the area references); each is a short pure
-function that the totals combine by name.
 """
 
 import math
@@ -172,67 +168,12 @@ def pooled_class_loss(segmentations: Array, targets: Array, sharpness: float = 1
   return classification_loss(pooled, targets.astype(jnp.float32), multilabel)
 
 
-def _gaussian_blur_matrix(n: int, sigma: float) -> Array:
-  """(n,n) zero-padded 1-D Gaussian blur of std `sigma` as a matrix."""
-  distance = jnp.arange(n)[None, :] - jnp.arange(n)[:, None]
-  return jnp.exp(-distance ** 2 / (2.0 * sigma ** 2))
-
-
-def gradient_points(images: Array, classify: Classify, sigma: float = 2.0) -> Array:
-  """Where the classifier sees each class: (B,H,W,C) Gaussian bumps (std `sigma` pixels, peak 1)
-  centred on the maximum of the class's saliency map, max over colours of |d logit_c / d image|
-  (Simonyan et al.; one reverse pass of `classify` per class) blurred by the same Gaussian: the
-  raw maximum often lies on the outline, just outside the object. No gradient flows through."""
-  chex.assert_rank(images, 4)
-  images = jax.lax.stop_gradient(images)
-  logits, vjp = jax.vjp(classify, images)
-  b, h, w, _ = images.shape
-  num_classes = logits.shape[-1]
-  cotangents = jnp.broadcast_to(jnp.eye(num_classes, dtype=logits.dtype)[:, None, :],
-                                (num_classes,) + logits.shape)
-  (grads,) = jax.vmap(vjp)(cotangents)  # (C,B,H,W,3)
-  saliency = jnp.einsum('ik,cbkl,jl->cbij', _gaussian_blur_matrix(h, sigma),
-                        jnp.abs(grads).max(axis=-1), _gaussian_blur_matrix(w, sigma))
-  saliency = saliency.reshape(num_classes, b, h * w)
-  peak = jnp.argmax(saliency, axis=-1)  # (C,B)
-  rows = jnp.arange(h)[:, None] - (peak // w)[..., None, None]
-  cols = jnp.arange(w)[None, :] - (peak % w)[..., None, None]
-  bumps = jnp.exp(-(rows ** 2 + cols ** 2) / (2.0 * sigma ** 2))  # (C,B,H,W)
-  return jax.lax.stop_gradient(jnp.moveaxis(bumps, 0, -1).astype(jnp.float32))
-
-
-def point_loss(segmentations: Array, targets: Array, points: Array) -> Array:
-  """Point supervision (Bearman et al., "What's the point", 2016), NOT in the paper.
-
-  For each image and target class c, at the pixels weighted by `points[..., c]` (B,H,W,C),
-  class channel c is classified as on and every other class channel as off: mean over pixels
-  and channels of the weighted binary cross-entropy against one-hot(c), normalized by the
-  weights' sum, then averaged over the (image, target class) pairs. It tells the class
-  channels apart where the paper's loss (max-merged target mask) does not.
-  """
-  chex.assert_rank([segmentations, points, targets], [4, 4, 2])
-  chex.assert_equal_shape([segmentations, points])
-  chex.assert_equal((segmentations.shape[0], segmentations.shape[-1]), targets.shape)
-  segmentations = segmentations.astype(jnp.float32)
-  num_classes = segmentations.shape[-1]
-  one_hot = jnp.eye(num_classes, dtype=jnp.float32)  # [c] = the labels at class c's point
-  # bce[b,h,w,c,k]: channel k at pixel (h,w) against one_hot[c, k].
-  bce = optax.sigmoid_binary_cross_entropy(segmentations[..., None, :], one_hot)
-  per_pixel = bce.mean(axis=-1)  # (B,H,W,C): over channels, for the point of class c
-  weights = points.astype(jnp.float32)
-  per_pair = (jnp.sum(weights * per_pixel, axis=(1, 2))
-              / jnp.maximum(jnp.sum(weights, axis=(1, 2)), 1e-6))  # (B,C)
-  is_target = (targets > 0.5).astype(jnp.float32)
-  return jnp.sum(per_pair * is_target) / jnp.maximum(is_target.sum(), 1.0)
-
-
 def explainer_loss(segmentations: Array, images: Array, targets: Array, classify: Classify, *,
                    lambda_c: float = 1.0, lambda_e: float = 1.0, lambda_tv: float = 1.0,
                    lambda_ac: float = 1.0, lambda_t: float = 0.1, lambda_nt: float = 0.3,
                    min_area: float = 0.05, max_area: float = 0.3, lambda_single: float = 0.0,
                    lambda_overlap: float = 0.0, lambda_pooled: float = 0.0,
-                   pooled_sharpness: float = 1.0, lambda_point: float = 0.0,
-                   point_sigma: float = 4.0, multilabel: bool = True
+                   pooled_sharpness: float = 1.0, multilabel: bool = True
                    ) -> tuple[Array, dict[str, Array]]:
   """The Explainer's loss (Stalder et al. 2022). Returns (total, unweighted terms).
 
@@ -251,7 +192,6 @@ def explainer_loss(segmentations: Array, images: Array, targets: Array, classify
   batches = [keep * images, (1.0 - keep) * images]
   # A weight known to be 0 skips the extra classifier pass (a traced weight computes it).
   single = not (isinstance(lambda_single, (int, float)) and lambda_single == 0)
-  point = not (isinstance(lambda_point, (int, float)) and lambda_point == 0)
   if single:
     single_class, single_mask = _largest_target_class_mask(segmentations, targets)
     batches.append(single_mask[..., None] * images)
@@ -267,16 +207,11 @@ def explainer_loss(segmentations: Array, images: Array, targets: Array, classify
                        if single else jnp.zeros((), jnp.float32)),
       'class_overlap': class_overlap_loss(segmentations, targets),
       'pooled_class': pooled_class_loss(segmentations, targets, pooled_sharpness, multilabel),
-      # The points name the class of the target mask around them, never add to the mask.
-      'point': (point_loss(segmentations, targets,
-                           gradient_points(images, classify, point_sigma)
-                           * jax.lax.stop_gradient(target_mask)[..., None])
-                if point else jnp.zeros((), jnp.float32)),
   }
   weights = {'classification': lambda_c, 'entropy': lambda_e, 'tv': lambda_tv,
              'area_class': lambda_ac, 'area_target': lambda_t, 'area_non_target': lambda_nt,
              'single_class': lambda_single, 'class_overlap': lambda_overlap,
-             'pooled_class': lambda_pooled, 'point': lambda_point}
+             'pooled_class': lambda_pooled}
   return _weighted_total(aux, weights)
 
 
