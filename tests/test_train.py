@@ -106,6 +106,12 @@ def test_stage_end_reasons_and_lines():
   assert console.step_budget(750, 50, 187, 5) == (
       '750 steps, early stopping after 5 epochs without improvement')
   assert console.step_budget(0, 10, 469, 10) == 'up to 4690 steps (10 epochs of 469)'
+  # An epoch that the budget ends before any logged step has no train loss to show.
+  assert console.epoch_line('explainer', 5, 750, {}, {'loss': 0.0854, 'iou@0.5': 0.7759},
+                            False) == ('explainer epoch 5 (step 750): validation loss 0.0854, '
+                                       'iou@0.5 0.7759')
+  assert console.epoch_line('explainer', 4, 748, {'loss': 0.0942}, {'loss': 0.0856}, True) == (
+      'explainer epoch 4 (step 748): train loss 0.0942 | validation loss 0.0856 (best so far)')
 
 
 def test_shipped_classifier_line_gives_its_test_accuracy():

@@ -62,11 +62,13 @@ def reused_stage_line(stage: str) -> str:
 
 def epoch_line(stage: str, epoch: int, step: int, train: Dict[str, float],
                val: Dict[str, float], best: bool) -> str:
-  """One epoch's summary: the train loss and the main validation numbers."""
+  """One epoch's summary: the train loss (when a step of the epoch was logged: a step budget may
+  end an epoch after a few steps) and the main validation numbers."""
   shown = ', '.join(f'{key} {val[key]:.4f}' for key in ('loss', 'iou@0.5', 'accuracy')
                     if key in val)
-  return (f"{stage} epoch {epoch} (step {step}): train loss {train.get('loss', float('nan')):.4f}"
-          f" | validation {shown}{' (best so far)' if best else ''}")
+  trained = f"train loss {train['loss']:.4f} | " if 'loss' in train else ''
+  return (f"{stage} epoch {epoch} (step {step}): {trained}validation {shown}"
+          f"{' (best so far)' if best else ''}")
 
 
 def stage_end_line(stage: str, reason: str, step: int, epoch: int, best_epoch: int,
