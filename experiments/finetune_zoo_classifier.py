@@ -50,6 +50,8 @@ def main(argv):
   if 'classifier' not in metadata:
     raise app.UsageError(f'--start={FLAGS.start!r} is not a zoo classifier.')
   model_setup.with_pretrained_weights = start_from_entry(FLAGS.start)
+  # Only the classifier stage runs here: its console line names the start.
+  model_setup.start_description = lambda model_config: f'shipped {shipped.PREFIX}{FLAGS.start}'
   write_entry = shipped.write_entry
   shipped.write_entry = lambda output_dir, name, payload, meta: write_entry(
       output_dir, name, payload, {**meta, 'started_from': shipped.PREFIX + FLAGS.start})
