@@ -20,6 +20,9 @@ from absl import app
 from absl import flags
 import jax
 
+from wysiwyc import runtime  # pylint: disable=g-bad-import-order
+runtime.quiet_logs()  # Before the imports below load TensorFlow; --verbosity=1 keeps its logs.
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_zoo_classifier  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -15,9 +15,13 @@ from absl import app
 from absl import flags
 import numpy as np
 import PIL.Image
-import tensorflow_datasets as tfds
 
-from wysiwyc.data import synthetic
+from wysiwyc import runtime  # pylint: disable=g-bad-import-order
+runtime.quiet_logs()  # Before TensorFlow loads; --verbosity=1 keeps its logs.
+
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from wysiwyc.data import synthetic  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', None, 'Folder to write (must not exist yet).')
