@@ -29,15 +29,6 @@ flags.DEFINE_integer('num_images', 100, 'Test images (the first ones).')
 flags.DEFINE_integer('num_segments', 50, 'SLIC superpixels (compare_methods --lime_segments).')
 
 
-def superpixel_union_iou(segments: np.ndarray, foreground: np.ndarray) -> float:
-  """iou with `foreground` (H,W bool) of the union of the segments (H,W int) more than half in
-  it."""
-  labels = segments.ravel()
-  inside = np.bincount(labels, weights=foreground.ravel(), minlength=labels.max() + 1)
-  kept = (inside / np.bincount(labels, minlength=labels.max() + 1) > 0.5)[segments]
-  return float((kept & foreground).sum() / max((kept | foreground).sum(), 1))
-
-
 def main(argv):
   del argv
   params = synthetic.SyntheticParams.from_config(FLAGS.config.data.synthetic)
@@ -45,7 +36,7 @@ def main(argv):
   images = np.stack([example['image'] for example in examples]) / 255.0
   normalized = (images - np.asarray(common.IMAGENET_MEAN)) / np.asarray(common.IMAGENET_STD)
   segments = lime.slic_segments(normalized, FLAGS.num_segments)
-  ious = [superpixel_union_iou(s, example['segmentation'] > 0)
+  ious = [lime.superpixel_union_iou(s, example['segmentation'] > 0)
           for s, example in zip(segments, examples)]
   print(f'data set {params.config_name()}, {len(ious)} test images, {FLAGS.num_segments} SLIC '
         f'superpixels: iou of the best superpixel union {np.mean(ious):.3f} '

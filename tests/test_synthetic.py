@@ -383,15 +383,15 @@ def test_to_standard_derives_class_masks():
 
 
 def test_superpixel_ceiling_keeps_the_segments_mostly_inside():
-  import experiments.superpixel_ceiling as ceiling  # pylint: disable=g-import-not-at-top
+  from wysiwyc.attribution import lime  # pylint: disable=g-import-not-at-top
   segments = np.repeat(np.arange(4), 4).reshape(4, 4)   # four rows, one segment each
   foreground = np.zeros((4, 4), bool)
   foreground[0] = True                                  # segment 0: all inside
   foreground[1, :3] = True                              # segment 1: 3/4 inside, kept
   foreground[2, :2] = True                              # segment 2: 1/2 inside, dropped
   # kept: rows 0, 1 (8 px), foreground 9 px, overlap 7 px, union 10 px.
-  assert ceiling.superpixel_union_iou(segments, foreground) == pytest.approx(0.7)
-  assert ceiling.superpixel_union_iou(segments, segments < 2) == 1.0
+  assert lime.superpixel_union_iou(segments, foreground) == pytest.approx(0.7)
+  assert lime.superpixel_union_iou(segments, segments < 2) == 1.0
 
 
 def test_natural_classifier_fits_its_variant_and_is_as_accurate_as_recorded():

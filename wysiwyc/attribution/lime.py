@@ -118,3 +118,12 @@ def lime(classifier: common.Classifier, variables, images, *, key=None, num_samp
       num_slots=_padded_num_segments(segments), num_samples=num_samples,
       kernel_width=kernel_width, ridge_alpha=ridge_alpha, fill_value=fill_value,
       chunk_size=min(chunk_size, num_samples), output=output, normalize=normalize)
+
+
+def superpixel_union_iou(segments: np.ndarray, foreground: np.ndarray) -> float:
+  """iou with `foreground` (H,W bool) of the union of the segments (H,W int) more than half in
+  it."""
+  labels = segments.ravel()
+  inside = np.bincount(labels, weights=foreground.ravel(), minlength=labels.max() + 1)
+  kept = (inside / np.bincount(labels, minlength=labels.max() + 1) > 0.5)[segments]
+  return float((kept & foreground).sum() / max((kept | foreground).sum(), 1))
