@@ -480,6 +480,8 @@ def topology_runs(tmp_path_factory) -> dict:
   return results
 
 
+@pytest.mark.skipif(not os.environ.get('WYSIWYC_SLOW_TESTS'),
+                    reason='about 3 CPU-minutes (five smoke main jobs); set WYSIWYC_SLOW_TESTS=1 to run')
 @pytest.mark.parametrize('processes,devices', TOPOLOGIES[1:])
 def test_main_job_results_do_not_depend_on_the_topology(topology_runs, processes, devices):
   """The same test images, global batches and augmentation: the reference masks and the
