@@ -70,7 +70,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # The authors' explainer starts from an ImageNet-classification backbone; the analog here is
   # a U-Net trained to classify the shapes from their labels alone (the self-explaining
   # classifier, experiments/train_zoo_explainer.py). From random weights every class channel
-  # learns the same objectness map (class specificity other/own 0.94; docs/synthetic.md, "Ablations").
+  # learns the same objectness map (class specificity other/own 0.94; docs/synthetic.md).
   config.explainer.init_from = 'zoo:synthetic_shapes_unet'
   # The paper's Adam lr of 1e-5 is for 10k+ VOC steps from a large network; from scratch on a
   # small one, 1e-3 with cosine decay over the step budget converges within it. 750 steps: with
