@@ -77,7 +77,7 @@ flags.DEFINE_bool('smoke', False, 'Tiny data, models and budgets (a test of the 
 flags.DEFINE_bool('slow', False, 'Also run the perturbation methods and Real-Time Saliency.')
 flags.DEFINE_integer('explainer_steps', 0, "The Explainer's step budget (0: the config's).")
 flags.DEFINE_float('deletion_fraction', 0.05, 'Deletion check: fraction of pixels removed.')
-flags.DEFINE_integer('eval_examples', 0, "Test images of the main job's own evaluation "
+flags.DEFINE_integer('main_job_eval_examples', 0, "Test images of the main job's own evaluation "
                      "(config.eval.max_examples; 0: the config's).")
 flags.DEFINE_bool('classifiers_only', False, 'Train (or reuse) the classifier stages only and '
                   'measure their reliance on the cue; no explanations.')
@@ -412,7 +412,8 @@ def main(argv):
   try:
     report = run(FLAGS.workdir, smoke=FLAGS.smoke, slow=FLAGS.slow,
                  explainer_steps=FLAGS.explainer_steps,
-                 deletion_fraction=FLAGS.deletion_fraction, eval_examples=FLAGS.eval_examples,
+                 deletion_fraction=FLAGS.deletion_fraction,
+                 eval_examples=FLAGS.main_job_eval_examples,
                  classifiers_only=FLAGS.classifiers_only)
   except errors.UserError as error:
     print(f'error: {error}', file=sys.stderr)
