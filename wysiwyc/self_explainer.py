@@ -113,10 +113,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn:
 
     aux, batch_stats, grads = train_steps.accumulate_gradients(
         objective, state.params, state.batch_stats, batch, rng, micro_batches)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          batch_stats=batch_stats, opt_state=opt_state)
-    return state, aux
+    return train_steps.apply_gradients(state, tx, grads, batch_stats), aux
   return step
 
 

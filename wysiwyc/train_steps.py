@@ -106,6 +106,14 @@ def classifier_loss(logits, labels, multilabel: bool):
   return losses.classification_loss(logits, labels, multilabel=multilabel)
 
 
+def apply_gradients(state: TrainState, tx: optax.GradientTransformation, grads,
+                    batch_stats) -> TrainState:
+  """`state` one optimizer step further: `tx`'s update of `grads`, the new batch statistics."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                       batch_stats=batch_stats, opt_state=opt_state)
+
+
 def accumulate_gradients(objective: Callable, params, batch_stats, batch, rng,
                          micro_batches: int = 1) -> tuple:
   """Gradients of `objective` on `batch`, computed over `micro_batches` equal slices in turn.
@@ -160,10 +168,7 @@ def make_classifier_train_step(model: nn.Module, tx, multilabel: bool,
 
     step_metrics, batch_stats, grads = accumulate_gradients(
         loss_fn, state.params, state.batch_stats, batch, rng, micro_batches)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          batch_stats=batch_stats, opt_state=opt_state)
-    return state, step_metrics
+    return apply_gradients(state, tx, grads, batch_stats), step_metrics
   return step
 
 
