@@ -3,6 +3,7 @@ reason written at its top (DESIGN.md section 4)."""
 
 import ast
 import os
+import re
 import textwrap
 from typing import Dict, List, Optional, Set
 
@@ -151,3 +152,44 @@ def test_long_modules_need_the_marker(tmp_path):
       'pkg/explained.py': f'"""Long.\n\n{LONG_MODULE_MARKER} ...\n"""\n' + body,
       'pkg/short.py': body})
   assert long_modules_without_reason(root, 'pkg') == [f'pkg/long.py ({MAX_LINES + 1} lines)']
+
+
+FLAG_DEFINITION = re.compile(r"\b(?:flags|config_flags)\.DEFINE_\w+\(\s*['\"](\w+)['\"]")
+IN_PROCESS_IMPORT = re.compile(r'^\s*(?:import|from) experiments\.?(\w*)(?: import (\w+))?', re.M)
+
+
+def experiment_modules_imported_by(path: str) -> Set[str]:
+  """The experiments/ modules that the file at `path` imports (directly)."""
+  with open(path) as f:
+    text = f.read()
+  names = set()
+  for module, imported in IN_PROCESS_IMPORT.findall(text):
+    name = module or imported
+    if name and os.path.exists(os.path.join(REPO, 'experiments', f'{name}.py')):
+      names.add(name)
+  return names
+
+
+def test_experiment_modules_imported_in_one_test_process_define_each_flag_once():
+  # pytest imports the experiment modules of all test files into one worker; absl refuses a
+  # flag defined twice (DuplicateFlagError), which fails only whole-suite runs.
+  tests_dir = os.path.join(REPO, 'tests')
+  loaded = set()
+  for name in os.listdir(tests_dir):
+    if name.endswith('.py'):
+      loaded |= experiment_modules_imported_by(os.path.join(tests_dir, name))
+  assert loaded, 'expected the tests to import some experiment modules'
+  pending = list(loaded)
+  while pending:  # and the experiment modules those import
+    module_path = os.path.join(REPO, 'experiments', f'{pending.pop()}.py')
+    for name in experiment_modules_imported_by(module_path):
+      if name not in loaded:
+        loaded.add(name)
+        pending.append(name)
+  defined_by: Dict[str, List[str]] = {}
+  for name in sorted(loaded):
+    with open(os.path.join(REPO, 'experiments', f'{name}.py')) as f:
+      for flag in FLAG_DEFINITION.findall(f.read()):
+        defined_by.setdefault(flag, []).append(name)
+  duplicated = {flag: names for flag, names in defined_by.items() if len(names) > 1}
+  assert not duplicated, f'flags defined by several in-process experiment modules: {duplicated}'
