@@ -227,6 +227,52 @@ def test_explainer_init_from_starts_from_another_runs_explainer(finished, data_d
   assert initial_explainer('', config, fresh) is fresh
 
 
+def smoke_classifier_variables(config, **kwargs):
+  classifier = models.classifiers.build(config.classifier.name,
+                                        config.data.synthetic.num_classes,
+                                        **{**config.classifier.kwargs, **kwargs})
+  images = np.zeros((1, config.data.image_size, config.data.image_size, 3), np.float32)
+  return jax.device_get(dict(classifier.init(jax.random.key(3), images)))
+
+
+def test_explainer_init_from_classifier_takes_the_encoder_from_the_classifier(data_dir):
+  config = smoke_config(data_dir)
+  fresh = jax.device_get(fresh_explainer_state(config))
+  classifier_variables = smoke_classifier_variables(config)
+  started = jax.device_get(model_setup.with_initial_explainer(
+      ml_collections.ConfigDict({**config.to_dict(), 'explainer': {
+          **config.explainer.to_dict(), 'init_from': 'classifier'}}),
+      None, fresh, data_parallel.create_mesh(), classifier_variables))
+  num_blocks = len([k for k in classifier_variables['params'] if k.startswith('blocks_')])
+  assert num_blocks == config.classifier.kwargs.depth
+  for level in range(num_blocks):
+    for collection in ('params', 'batch_stats'):
+      got = getattr(started, collection)[f'ConvBlock_{level}']
+      want = classifier_variables[collection][f'blocks_{level}']
+      for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
+  untouched = [k for k in fresh.params if k not in {f'ConvBlock_{i}' for i in range(num_blocks)}]
+  assert untouched  # the bottleneck and the decoder keep their fresh weights
+  for name in untouched:
+    for a, b in zip(jax.tree.leaves(started.params[name]), jax.tree.leaves(fresh.params[name])):
+      np.testing.assert_array_equal(a, b)
+  assert 'classifier' in model_setup.start_description(
+      ml_collections.ConfigDict({'init_from': 'classifier', 'kwargs': {}}))
+
+
+def test_explainer_init_from_classifier_refuses_a_classifier_that_does_not_fit(data_dir):
+  config = smoke_config(data_dir)
+  config.explainer.init_from = 'classifier'
+  fresh = jax.device_get(fresh_explainer_state(config))
+  mesh = data_parallel.create_mesh()
+  wider = smoke_classifier_variables(config, width=2 * config.classifier.kwargs.width)
+  with pytest.raises(errors.UserError, match="init_from='classifier'.*does not fit.*width"):
+    model_setup.with_initial_explainer(config, None, fresh, mesh, wider)
+  with pytest.raises(errors.UserError, match="init_from='classifier' needs a classifier"):
+    model_setup.with_initial_explainer(config, None, fresh, mesh, None)
+  run_setup.check_inputs_available(config)  # 'classifier' is not taken for a missing folder
+
+
 def test_explainer_init_from_of_another_model_or_a_missing_folder_is_refused(
     finished, data_dir, tmp_path):
   workdir, _ = finished

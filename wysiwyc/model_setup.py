@@ -40,11 +40,12 @@ def build_explainer(config, spec) -> nn.Module:
                                 **config.explainer.kwargs, **compute_dtype_kwargs(config))
 
 
-def initial_explainer_state(config, spec, explainer: nn.Module, mesh: Mesh,
-                            rng) -> Tuple[train_steps.TrainState, optax.GradientTransformation]:
+def initial_explainer_state(config, spec, explainer: nn.Module, mesh: Mesh, rng,
+                            classifier_variables: Optional[dict] = None
+                            ) -> Tuple[train_steps.TrainState, optax.GradientTransformation]:
   """(the explainer's first train state, its optimizer): `config.explainer.train`'s optimizer,
-  the pretrained backbone weights, then `explainer.init_from`; refuses a batch that does not
-  divide over the mesh."""
+  the pretrained backbone weights, then `explainer.init_from` (`'classifier'`: the encoder from
+  `classifier_variables`); refuses a batch that does not divide over the mesh."""
   tc = config.explainer.train
   data_parallel.check_batch_size(tc.batch_size, mesh, 'explainer.train.batch_size',
                                  tc.get('grad_accum_steps', 1))
@@ -52,7 +53,7 @@ def initial_explainer_state(config, spec, explainer: nn.Module, mesh: Mesh,
   state = data_parallel.replicate(
       train_steps.init_state(explainer, tx, rng, config.data.image_size), mesh)
   state = with_pretrained_weights(explainer, state, mesh)
-  return with_initial_explainer(config, spec, state, mesh), tx
+  return with_initial_explainer(config, spec, state, mesh, classifier_variables), tx
 
 
 def start_description(model_config) -> str:
@@ -61,6 +62,8 @@ def start_description(model_config) -> str:
   init_from = model_config.get('init_from', '')
   if shipped.is_zoo_reference(init_from):
     return f'shipped {init_from}'
+  if init_from == CLASSIFIER_START:
+    return "the classifier's convolutions (encoder), random decoder"
   if init_from:
     return os.path.abspath(init_from)
   pretrained = model_config.kwargs.get('pretrained')
@@ -104,15 +107,25 @@ def restore_stage_variables(source: str, stage: str, target: dict) -> Optional[d
   return None
 
 
-def with_initial_explainer(config, spec, state: train_steps.TrainState,
-                           mesh: Mesh) -> train_steps.TrainState:
+def with_initial_explainer(config, spec, state: train_steps.TrainState, mesh: Mesh,
+                           classifier_variables: Optional[dict] = None
+                           ) -> train_steps.TrainState:
   """`state` started from the explainer variables named by `config.explainer.init_from`: a
-  shipped zoo entry ('zoo:NAME'), a workdir (its `explainer/best`) or an orbax folder;
+  shipped zoo entry ('zoo:NAME'), a workdir (its `explainer/best`), an orbax folder, or
+  'classifier' (the U-Net's encoder from `classifier_variables`, `encoder_from_classifier`);
   unchanged when it is ''."""
   source = config.explainer.get('init_from', '')
   if not source:
     return state
   target = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
+  if source == CLASSIFIER_START:
+    if classifier_variables is None:
+      raise errors.UserError(
+          "explainer.init_from='classifier' needs a classifier to start from, and this stage "
+          "has none (the self-explainer trains its own); leave explainer.init_from empty.")
+    started = encoder_from_classifier(target, jax.device_get(classifier_variables),
+                                      config.explainer.kwargs.get('depth', 3))
+    return data_parallel.replicate(state.replace(**started), mesh)
   if shipped.is_zoo_reference(source):
     name = shipped.entry_name(source)
     shipped.check_explainer_compatible(shipped.read_metadata(name), config, spec.class_names)
@@ -124,3 +137,38 @@ def with_initial_explainer(config, spec, state: train_steps.TrainState,
         'Give a wysiwyc workdir (or an orbax folder) made with the same explainer.name and '
         'explainer.kwargs, or leave explainer.init_from empty to start from random weights.')
   return data_parallel.replicate(state.replace(**restored), mesh)
+
+
+CLASSIFIER_START = 'classifier'
+
+
+def encoder_from_classifier(explainer_variables: dict, classifier_variables: dict,
+                            depth: int) -> dict:
+  """The U-Net's variables with its encoder, `ConvBlock_0`..`ConvBlock_<depth>` (the bottleneck
+  included), replaced by the classifier's convolution blocks `blocks_0`.. (SimpleCNN's), which
+  must have the same shapes: the explained classifier's features as the Explainer's backbone,
+  as the authors' Explainer starts from a backbone trained to classify. The decoder keeps its
+  fresh weights."""
+  started = jax.tree.map(lambda a: a, explainer_variables)  # a copy whose dicts we may replace
+  copied = []
+  for level in range(depth + 1):
+    ours, theirs = f'ConvBlock_{level}', f'blocks_{level}'
+    if theirs not in classifier_variables['params']:
+      break
+    for collection in ('params', 'batch_stats'):
+      mine = explainer_variables[collection].get(ours)
+      given = classifier_variables.get(collection, {}).get(theirs)
+      shapes = [jax.tree.map(jnp.shape, tree) for tree in (mine, given)]
+      if mine is None or given is None or shapes[0] != shapes[1]:
+        raise errors.UserError(
+            f"explainer.init_from='classifier': the classifier's block {level} does not fit the "
+            f"explainer's encoder block {level} ({collection} {shapes[1]} vs {shapes[0]}). It "
+            'needs classifier.name=simple_cnn with stem_stride = explainer input_stride, the same '
+            'width and norm, and depth = explainer depth + 1; or another explainer.init_from.')
+      started[collection][ours] = given
+    copied.append(level)
+  if not copied:
+    raise errors.UserError(
+        "explainer.init_from='classifier' found no convolution blocks ('blocks_0', ...) in the "
+        'classifier: it works with classifier.name=simple_cnn; choose another explainer.init_from.')
+  return started

@@ -10,6 +10,7 @@ import ml_collections
 
 from wysiwyc import checkpointing
 from wysiwyc import errors
+from wysiwyc import model_setup
 from wysiwyc import models
 from wysiwyc.data import pipeline
 from wysiwyc.data import sources
@@ -51,9 +52,11 @@ def check_inputs_available(config: ml_collections.ConfigDict) -> None:
     if shipped.entry_name(init_from) not in entries:
       problems.append(f'explainer.init_from={init_from!r}: no such zoo entry (shipped: '
                       f"{', '.join(entries) or 'none'}); fix the name or leave it empty.")
-  elif init_from and not os.path.isdir(init_from):
+  elif (init_from and init_from != model_setup.CLASSIFIER_START
+        and not os.path.isdir(init_from)):
     problems.append(f'explainer.init_from={init_from!r}: no such folder (a wysiwyc workdir, an '
-                    "orbax checkpoint folder or 'zoo:NAME'); fix the path or leave it empty.")
+                    "orbax checkpoint folder, 'zoo:NAME' or 'classifier'); fix the path or leave "
+                    'it empty.')
   if problems:
     raise errors.UserError(sources.format_missing(problems))
 

@@ -76,7 +76,8 @@ def explainer_stage(config, spec, workdir: str, mesh: Mesh, classifier, classifi
   explainer = model_setup.build_explainer(config, spec)
   tc = config.explainer.train
   micro_batches = tc.get('grad_accum_steps', 1)
-  state, tx = model_setup.initial_explainer_state(config, spec, explainer, mesh, rng)
+  state, tx = model_setup.initial_explainer_state(config, spec, explainer, mesh, rng,
+                                                  classifier_variables)
   loss_fn = train_steps.explainer_loss_fn(config, spec.multilabel)
   train_step = train_steps.jit_train_step(
       train_steps.make_explainer_train_step(explainer, classifier, tx, loss_fn, micro_batches),
