@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import REPO, fabricate_workdir, smoke_config
 from wysiwyc import errors
 from wysiwyc import explain
+from wysiwyc import image_files
 
 CLASSES = ('square', 'circle', 'triangle')  # not alphabetical: the JSON keeps this order
 
@@ -129,7 +130,7 @@ def test_read_image_conversions(tmp_path):
 def test_huge_images_are_refused(tmp_path, monkeypatch):
   path = tmp_path / 'big.png'
   Image.fromarray(np.zeros((50, 60, 3), np.uint8)).save(path)
-  monkeypatch.setattr(explain, 'MAX_PIXELS', 2999)
+  monkeypatch.setattr(image_files, 'MAX_PIXELS', 2999)
   with pytest.raises(errors.UserError, match='larger than'):
     explain.read_image(str(path))
 

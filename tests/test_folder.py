@@ -175,7 +175,7 @@ def _missing_image(root):
 def _unreadable_image(root):
   with open(os.path.join(root, 'images', 'validation_1.png'), 'wb') as f:
     f.write(b'not a png at all')
-  return 'validation.csv, line 3', 'cannot read image'
+  return 'validation.csv, line 3', 'not an image that can be read'
 
 
 def _missing_mask(root):
@@ -222,7 +222,7 @@ def _empty_subfolder_split(root):
 def _unreadable_subfolder_image(root):
   with open(os.path.join(root, 'train', 'bar', '2.png'), 'wb') as f:
     f.write(b'garbage')
-  return os.path.join('train', 'bar', '2.png'), 'cannot read image'
+  return os.path.join('train', 'bar', '2.png'), 'not an image that can be read'
 
 
 MANIFEST_CASES = (_break_label, _missing_image, _unreadable_image, _missing_mask,

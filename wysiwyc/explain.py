@@ -28,10 +28,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
-from PIL import ImageOps
 
 from wysiwyc import checkpointing
 from wysiwyc import errors
+from wysiwyc import image_files
 from wysiwyc import models
 from wysiwyc import runtime
 from wysiwyc import viz
@@ -39,7 +39,6 @@ from wysiwyc import viz
 from wysiwyc.attribution.common import IMAGENET_MEAN, IMAGENET_STD
 
 # Larger images are refused rather than risking the machine's memory; downscale them first.
-MAX_PIXELS = 50_000_000
 
 
 class Explainer:
@@ -156,39 +155,9 @@ def load(workdir: str) -> Explainer:
 
 
 def read_image(path: str) -> np.ndarray:
-  """Reads any PIL-readable image as uint8 RGB, turned upright as its EXIF orientation says (as
-  viewers show phone photos); refuses what cannot be explained, saying why."""
-  if not os.path.exists(path):
-    raise errors.UserError(f'{path}: no such file.')
-  if os.path.isdir(path):
-    raise errors.UserError(f'{path}: is a folder, not an image.')
-  try:
-    with Image.open(path) as image:
-      width, height = image.size
-      if width * height > MAX_PIXELS:
-        raise errors.UserError(f'{path}: {width}x{height} is larger than {MAX_PIXELS:,} pixels; '
-                               'downscale it first.')
-      return to_rgb_uint8(ImageOps.exif_transpose(image))
-  except errors.UserError:
-    raise
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-    raise errors.UserError(f'{path}: not an image that can be read ({error}).') from None
-
-
-def to_rgb_uint8(image: Image.Image) -> np.ndarray:
-  """Converts any PIL mode (grayscale, palette, RGBA, 16-bit, float) to uint8 RGB."""
-  if image.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
-    values = np.asarray(image, dtype=np.float64)
-    top = 65535.0 if image.mode.startswith('I;16') or values.max() > 255 else 255.0
-    if image.mode == 'F' and values.max() <= 1.0:
-      top = 1.0
-    gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return np.repeat(gray[..., None], 3, axis=-1)
-  if image.mode in ('RGBA', 'LA', 'PA') or (image.mode == 'P' and 'transparency' in image.info):
-    # Composite transparent pixels onto white, as viewers show them.
-    background = Image.new('RGBA', image.size, (255, 255, 255, 255))
-    image = Image.alpha_composite(background, image.convert('RGBA'))
-  return np.asarray(image.convert('RGB'), dtype=np.uint8)
+  """Reads any PIL-readable image as uint8 RGB (`image_files.read_rgb`); refuses what cannot be
+  explained, saying why."""
+  return image_files.read_rgb(path)
 
 
 def explain_files(explainer: Explainer, paths: Sequence[str], out_dir: str,

@@ -40,11 +40,11 @@ from absl import logging
 import ml_collections
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from wysiwyc import errors
+from wysiwyc import image_files
 from wysiwyc.data import registry
 from wysiwyc.data import voc
 
@@ -278,20 +278,6 @@ def _some(names: List[str], most: int = 8) -> str:
 # ------------------------------------------------------------------------------ the contents
 
 
-def read_image(path: str, where: str) -> np.ndarray:
-  """uint8 RGB (H,W,3), turned upright by its EXIF orientation."""
-  try:
-    with PIL.Image.open(path) as image:
-      image = PIL.ImageOps.exif_transpose(image)
-      if image.mode in ('RGBA', 'LA', 'PA') or 'transparency' in image.info:
-        # Transparent pixels onto white, as viewers show them (and as wysiwyc.explain reads).
-        white = PIL.Image.new('RGBA', image.size, (255, 255, 255, 255))
-        image = PIL.Image.alpha_composite(white, image.convert('RGBA'))
-      return np.asarray(image.convert('RGB'), dtype=np.uint8)
-  except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
-    raise errors.UserError(f'{where}: cannot read image {path} ({error}).') from None
-
-
 def read_mask(path: str, where: str, image_shape: Tuple[int, ...],
               num_classes: int) -> np.ndarray:
   """uint8 (H,W) class indices + 1 (0 background, 255 ignore), checked against the image."""
@@ -322,7 +308,7 @@ def check_contents(listing: Listing) -> None:
     return
   for rows in listing.splits.values():
     for row in rows:
-      image = read_image(row.image, row.where)
+      image = image_files.read_rgb(row.image, row.where)
       if row.mask is not None:
         read_mask(row.mask, row.where, image.shape, len(listing.class_names))
   _CHECKED.add((listing.root, listing.fingerprint))
@@ -365,7 +351,7 @@ class FolderDataset(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, rows):
     num_classes = len(self.listing.class_names)
     for key, row in enumerate(rows):
-      image = read_image(row.image, row.where)
+      image = image_files.read_rgb(row.image, row.where)
       mask = (read_mask(row.mask, row.where, image.shape, num_classes) if row.mask
               else np.zeros(image.shape[:2], np.uint8))
       yield key, {'image': image, 'mask': mask[..., None], 'labels': list(row.labels),
