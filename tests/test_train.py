@@ -324,3 +324,23 @@ def test_train_steps_are_deterministic(data_dir):
       state, aux = step(state, c_state.variables(), data_parallel.shard_batch(batch, mesh), rng)
     outcomes.append(jax.device_get((state.params, aux)))
   jax.tree.map(np.testing.assert_array_equal, outcomes[0], outcomes[1])
+
+
+def test_cosine_schedule_with_decay_steps_0_decays_over_the_stage():
+  config = ml_collections.ConfigDict({'learning_rate': 1e-3, 'batch_size': 10, 'num_epochs': 3,
+                                      'max_steps': 0, 'schedule': 'cosine', 'warmup_steps': 5,
+                                      'decay_steps': 0})
+  resolved = train_steps.with_schedule_length(config, num_train_examples=105)
+  assert resolved.decay_steps == 3 * 10 and resolved.warmup_steps == 5
+  assert config.decay_steps == 0  # the config itself is left as it was
+  schedule = train_steps.learning_rate_schedule(resolved)
+  assert float(schedule(5)) == pytest.approx(1e-3)
+  assert float(schedule(30)) == pytest.approx(1e-5)
+  config.max_steps = 4  # a step budget wins; a warm-up as long shrinks to a tenth of it
+  assert train_steps.with_schedule_length(config, 105).decay_steps == 4
+  assert train_steps.with_schedule_length(config, 105).warmup_steps == 0
+  config.decay_steps = 7  # given: kept
+  assert train_steps.with_schedule_length(config, 105) is config
+  with pytest.raises(errors.UserError, match='or to 0'):
+    train_steps.learning_rate_schedule(ml_collections.ConfigDict({**config.to_dict(),
+                                                                  'decay_steps': 0}))

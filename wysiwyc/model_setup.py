@@ -46,7 +46,8 @@ def initial_explainer_state(config, spec, explainer: nn.Module, mesh: Mesh, rng,
   """(the explainer's first train state, its optimizer): `config.explainer.train`'s optimizer,
   the pretrained backbone weights, then `explainer.init_from` (`'classifier'`: the encoder from
   `classifier_variables`); refuses a batch that does not divide over the mesh."""
-  tc = config.explainer.train
+  tc = train_steps.with_schedule_length(config.explainer.train,
+                                        spec.num_examples.get('train', 0))
   data_parallel.check_batch_size(tc.batch_size, mesh, 'explainer.train.batch_size',
                                  tc.get('grad_accum_steps', 1))
   tx = train_steps.make_optimizer(tc)

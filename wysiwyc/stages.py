@@ -20,7 +20,8 @@ def classifier_stage(config, spec, workdir: str, mesh: Mesh, rng) -> tuple:
   """Stage 1: returns (classifier module, frozen variables), training it if needed."""
   classifier = model_setup.build_classifier(config, spec)
   directory = os.path.join(workdir, 'classifier')
-  tc = config.classifier.train
+  tc = train_steps.with_schedule_length(config.classifier.train,
+                                        spec.num_examples.get('train', 0))
   source = config.classifier.get('checkpoint', '')
   # A classifier loaded from a checkpoint is not trained: no trainable/frozen split to make.
   tx = train_steps.make_optimizer(

@@ -78,7 +78,7 @@ def make_optimizer(train_config: ml_collections.ConfigDict,
 
 def learning_rate_schedule(train_config: ml_collections.ConfigDict):
   """`schedule='constant'` (the paper's) or 'cosine': linear warm-up over `warmup_steps`, then
-  cosine decay to 1% of `learning_rate` at `decay_steps`."""
+  cosine decay to 1% of `learning_rate` at `decay_steps` (0: see `with_schedule_length`)."""
   schedule = train_config.get('schedule', 'constant')
   lr = train_config.learning_rate
   if schedule == 'constant':
@@ -89,9 +89,26 @@ def learning_rate_schedule(train_config: ml_collections.ConfigDict):
     if decay_steps <= warmup_steps:
       raise errors.UserError(f"schedule='cosine' needs decay_steps > warmup_steps, got "
                              f'{decay_steps} and {warmup_steps}; set decay_steps to the number '
-                             'of training steps.')
+                             "of training steps, or to 0 for the stage's whole length.")
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, decay_steps, lr * 0.01)
   raise errors.UserError(f"Unknown schedule {schedule!r}; choose 'constant' or 'cosine'.")
+
+
+def with_schedule_length(train_config: ml_collections.ConfigDict,
+                         num_train_examples: int) -> ml_collections.ConfigDict:
+  """`train_config` as is, or, for `schedule='cosine'` with `decay_steps=0`, a copy whose decay
+  spans the stage's whole length: `max_steps`, else `num_epochs` epochs of the training split
+  (a warm-up as long as that shrinks to a tenth of it). Lets a config decay over data whose size
+  it does not know (a user's folder)."""
+  if train_config.get('schedule', 'constant') != 'cosine' or train_config.get('decay_steps', 0):
+    return train_config
+  steps_per_epoch = max(num_train_examples // train_config.batch_size, 1)
+  steps = train_config.get('max_steps', 0) or train_config.num_epochs * steps_per_epoch
+  resolved = ml_collections.ConfigDict(train_config.to_dict())
+  resolved.decay_steps = steps
+  if resolved.get('warmup_steps', 0) >= steps:
+    resolved.warmup_steps = steps // 10
+  return resolved
 
 
 def set_step_budget(train_config: ml_collections.ConfigDict, steps: int) -> None:
