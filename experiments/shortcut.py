@@ -245,25 +245,22 @@ def reading(results) -> List[str]:
   return lines
 
 
-def write_reports(out_dir: str, report: dict) -> None:
-  checkpointing.write_json_atomic(os.path.join(out_dir, 'shortcut.json'), report)
-  settings = report['settings']
-  lines = ['# A planted shortcut: cue or object?', '',
-           f'{settings["num_images"]} aligned test images, {settings["num_pairs"]} (image, cued '
-           f'class) pairs; {settings["device"]}.', '',
-           '## The classifiers (accuracy on the cued classes; other classes in brackets)', '',
-           '| classifier | aligned | swapped | drop |', '|---|---:|---:|---:|']
+def classifier_table(report: dict) -> List[str]:
+  """The classifiers' accuracy on the cued classes, aligned and swapped (other classes in
+  brackets)."""
+  lines = ['| classifier | aligned | swapped | drop |', '|---|---:|---:|---:|']
   for name, row in report['classifiers'].items():
     lines.append(f'| {name} | {_cell(row["aligned_accuracy"])} '
                  f'({_cell(row["aligned_accuracy_other"])}) | {_cell(row["swapped_accuracy"])} '
                  f'({_cell(row["swapped_accuracy_other"])}) | '
                  f'{_cell(row["aligned_accuracy"] - row["swapped_accuracy"])} |')
-  lines += ['', '## Where each method puts the cued class\'s mass', '',
-            'Share of the class map\'s mass on the cue and on the object; deletion: drop of '
-            f'the class probability when the top {settings["deletion_fraction"]:.0%} of the map '
-            'is set to the mean colour.', '',
-            '| method | shortcut: cue | shortcut: object | control: cue | control: object | '
-            'shortcut: deletion | control: deletion |', '|---|---:|---:|---:|---:|---:|---:|']
+  return lines
+
+
+def method_table(report: dict) -> List[str]:
+  """Each method's (and reference's) cue and object shares and deletion drop, per classifier."""
+  lines = ['| method | shortcut: cue | shortcut: object | control: cue | control: object | '
+           'shortcut: deletion | control: deletion |', '|---|---:|---:|---:|---:|---:|---:|']
   rows = {**report['methods'], **report['references']}
   for method, row in rows.items():
     s, c = row['shortcut'], row['control']
@@ -271,11 +268,33 @@ def write_reports(out_dir: str, report: dict) -> None:
              c.get('object_share'), s.get('deletion_drop'), c.get('deletion_drop')]
     lines.append(f'| {method} | ' + ' | '.join('' if v is None else _cell(v) for v in cells)
                  + ' |')
+  return lines
+
+
+def write_reports(out_dir: str, report: dict) -> None:
+  """`shortcut.json`, `shortcut.md` and `shortcut_summary.md` (the two tables alone, for
+  experiments/fill_tables.py)."""
+  checkpointing.write_json_atomic(os.path.join(out_dir, 'shortcut.json'), report)
+  settings = report['settings']
+  deletion_note = ('Share of the class map\'s mass on the cue and on the object; deletion: drop '
+                   f'of the class probability when the top {settings["deletion_fraction"]:.0%} '
+                   'of the map is set to the mean colour.')
+  lines = ['# A planted shortcut: cue or object?', '',
+           f'{settings["num_images"]} aligned test images, {settings["num_pairs"]} (image, cued '
+           f'class) pairs; {settings["device"]}.', '',
+           '## The classifiers (accuracy on the cued classes; other classes in brackets)', '']
+  lines += classifier_table(report)
+  lines += ['', '## Where each method puts the cued class\'s mass', '', deletion_note, '']
+  lines += method_table(report)
   lines += ['', 'References: *uniform* is a constant map (its shares are the areas: chance '
             'level); *cue mask* and *object mask* delete the cue or the object alone.', '',
             '## Reading', ''] + reading(report['methods'])
   lines += ['', '## Settings', ''] + [f'- {k}: {v}' for k, v in settings.items()]
   checkpointing.write_text_atomic(os.path.join(out_dir, 'shortcut.md'), '\n'.join(lines) + '\n')
+  summary = (['Accuracy on the cued classes (other classes in brackets):', '']
+             + classifier_table(report) + ['', deletion_note, ''] + method_table(report))
+  checkpointing.write_text_atomic(os.path.join(out_dir, 'shortcut_summary.md'),
+                                  '\n'.join(summary) + '\n')
 
 
 def save_figure(data, pairs: np.ndarray, pair_maps: Dict[str, Dict[str, np.ndarray]],

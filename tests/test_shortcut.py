@@ -178,6 +178,8 @@ def test_report_follows_the_contract(report):
   assert (root / 'figures' / 'shortcut.png').stat().st_size > 0
   text = (root / 'shortcut.md').read_text()
   assert '| explainer |' in text and '| cue mask |' in text
+  summary = (root / 'shortcut_summary.md').read_text()
+  assert '| explainer |' in summary and '| shortcut |' in summary and '#' not in summary
 
 
 def test_deletion_removes_the_top_pixels_and_measures_the_drop():
