@@ -208,27 +208,31 @@ def apply_natural(config: ml_collections.ConfigDict) -> None:
 
 def apply_shortcut(config: ml_collections.ConfigDict) -> None:
   """A planted shortcut (experiments/shortcut.py): the first two classes each come with a
-  fixed-colour square away from the objects in every image that shows them, never otherwise;
-  the classifier is trained here, from scratch, with the recipe the control shares."""
+  fixed-colour square away from the objects in every image that shows them, never otherwise.
+  Its classifier is shipped (`zoo:synthetic_shortcut_cnn`); `classifier.checkpoint=''` trains
+  it here with the recipe below, which the control shares."""
   synthetic_config = config.data.synthetic
   synthetic_config.cue_classes = 2
   synthetic_config.cue_size = 0.1
   synthetic_config.cue_rate_present = 1.0
   synthetic_config.cue_rate_absent = 0.0
-  config.classifier.checkpoint = ''
-  config.classifier.train.num_epochs = 4
-  config.classifier.train.patience = 4
-  config.classifier.train.schedule = 'cosine'
-  config.classifier.train.warmup_steps = 50
-  config.classifier.train.decay_steps = 375  # 4 epochs of 6000 images, batch 64
+  config.classifier.checkpoint = 'zoo:synthetic_shortcut_cnn'
+  # The `scratch` recipe (the shipped entries: 30,000 training images) without object masking,
+  # which would teach that a cue whose objects were dropped means nothing. decay_steps=0: the
+  # cosine decay spans the stage, whatever the number of training images.
+  config.classifier.train = classifier_train_config(num_epochs=10, patience=10,
+                                                    schedule='cosine', warmup_steps=200,
+                                                    decay_steps=0)
 
 
 def apply_shortcut_control(config: ml_collections.ConfigDict) -> None:
   """The shortcut's control: the same cues and recipe, each cue drawn in half the images
-  whatever their classes, so that it says nothing about the label."""
+  whatever their classes, so that it says nothing about the label
+  (`zoo:synthetic_shortcut_control_cnn`)."""
   apply_shortcut(config)
   config.data.synthetic.cue_rate_present = 0.5
   config.data.synthetic.cue_rate_absent = 0.5
+  config.classifier.checkpoint = 'zoo:synthetic_shortcut_control_cnn'
 
 
 VARIANTS = {'smoke': apply_smoke, 'rts': apply_real_time_saliency, 'scratch': apply_scratch,

@@ -203,3 +203,38 @@ def test_unknown_method_is_a_clear_error(tmp_path):
     shortcut.run(str(tmp_path), smoke=True, methods=['gradcam'])
   with pytest.raises(errors.UserError, match='deletion_fraction'):
     shortcut.run(str(tmp_path), smoke=True, deletion_fraction=1.5)
+
+
+def shipped_entry_accuracy(variant: str, split: str, count: int = 128) -> dict:
+  """Accuracy of the variant's shipped classifier on `count` images of `split` drawn here (not
+  read from TFDS files): on the cued classes and on the others."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from tests.conftest import load_config  # pylint: disable=g-import-not-at-top
+  from wysiwyc.data import pipeline  # pylint: disable=g-import-not-at-top
+  from wysiwyc.models import classifiers, shipped  # pylint: disable=g-import-not-at-top
+  config = load_config('synthetic', variant)
+  params = synthetic.SyntheticParams.from_config(config.data.synthetic)
+  examples = [synthetic.generate_example(params, split, i) for i in range(count)]
+  images = np.stack([e['image'] for e in examples]).astype(np.float32) / 255.0
+  images = (images - np.asarray(pipeline.IMAGENET_MEAN)) / np.asarray(pipeline.IMAGENET_STD)
+  labels = np.stack([e['labels'] for e in examples]) > 0
+  model = classifiers.build(config.classifier.name, params.num_classes,
+                            **config.classifier.kwargs)
+  target = jax.device_get(dict(model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))))
+  variables = shipped.load(shipped.entry_name(config.classifier.checkpoint), target)
+  predicted = np.asarray(model.apply(variables, jnp.asarray(images, jnp.float32))) > 0
+  correct = predicted == labels
+  return {'cued': float(correct[:, :params.cue_classes].mean()),
+          'other': float(correct[:, params.cue_classes:].mean())}
+
+
+def test_shipped_shortcut_classifier_relies_on_the_cue_and_the_control_does_not():
+  shortcut = {split: shipped_entry_accuracy('shortcut', split)
+              for split in ('test', synthetic.SWAPPED_SPLIT)}
+  control = {split: shipped_entry_accuracy('shortcut_control', split)
+             for split in ('test', synthetic.SWAPPED_SPLIT)}
+  assert shortcut['test']['cued'] - shortcut[synthetic.SWAPPED_SPLIT]['cued'] >= 0.2
+  assert abs(control['test']['cued'] - control[synthetic.SWAPPED_SPLIT]['cued']) <= 0.05
+  # Both learned the shapes of the classes without a cue.
+  assert min(shortcut['test']['other'], control['test']['other']) >= 0.9
