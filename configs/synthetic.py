@@ -36,6 +36,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.data.image_size = 64
   config.data.flip = True
   config.data.color_jitter = 0.0
+  config.data.random_shift = 0  # pixels: random shifts of image and masks when training
   config.data.shuffle_buffer = 10_000
   config.data.synthetic = synthetic.default_synthetic_config()
 

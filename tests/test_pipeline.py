@@ -256,6 +256,28 @@ def test_flip_flips_image_and_masks_together(data_config):
   assert 0 < sum(was_flipped) < 20
 
 
+def test_random_shift_moves_image_and_masks_together_within_the_bound(data_config):
+  plain = batches(data_config, 'train', 20, training=True, epoch=2)[0]
+  shifted = batches(variant(data_config, random_shift=3), 'train', 20, training=True, epoch=2)[0]
+  again = batches(variant(data_config, random_shift=3), 'train', 20, training=True, epoch=2)[0]
+  np.testing.assert_array_equal(shifted['image'], again['image'])
+  np.testing.assert_array_equal(plain['labels'], shifted['labels'])  # same order
+  size = plain['image'].shape[1]
+  moves = []
+  for i in range(20):
+    found = None
+    for dy in range(-3, 4):
+      for dx in range(-3, 4):
+        inner = (slice(3, size - 3), slice(3, size - 3))
+        moved = (slice(3 + dy, size - 3 + dy), slice(3 + dx, size - 3 + dx))
+        if (np.array_equal(shifted['image'][i][inner], plain['image'][i][moved]) and
+            np.array_equal(shifted['class_masks'][i][inner], plain['class_masks'][i][moved])):
+          found = (dy, dx)
+    assert found is not None, f'example {i}: not a shift of at most 3 px of image and masks'
+    moves.append(found)
+  assert len(set(moves)) > 3
+
+
 def test_color_jitter_changes_images_only_and_is_deterministic(data_config):
   config = variant(data_config, color_jitter=0.5)
   plain = batches(data_config, 'train', 20, training=True)[0]

@@ -38,6 +38,8 @@ decodes) every record of the split.
   flip            bool: random horizontal flips when training (masks flipped with the image)
   color_jitter    float strength s of brightness/contrast/saturation jitter when training:
                   each factor uniform in [max(0, 1-s), 1+s]; 0 = off
+  random_shift    int: when training, image and masks moved together by up to this many
+                  pixels each way (borders mirrored); 0 = off
   shuffle_buffer  examples in the tf.data shuffle buffer (>= split size: a full shuffle)
   synthetic       ConfigDict of the synthetic data set's parameters
                   (`wysiwyc.data.synthetic.default_synthetic_config()`); other data sets
@@ -308,11 +310,15 @@ def _standardize(example, adapter: registry.DatasetAdapter, num_classes: int, si
                                    (size, size, num_classes + 1))}
 
 
-def _augment(example, key: tf.Tensor, flip: bool, jitter: float):
-  """Random flip and colour jitter, a pure function of `key` (int64 (2,))."""
+def _augment(example, key: tf.Tensor, flip: bool, jitter: float, shift: int = 0):
+  """Random flip, colour jitter and shift, a pure function of `key` (int64 (2,))."""
   image, masks = example['image'], example['masks']
   flip_seed, brightness_seed, contrast_seed, saturation_seed = tf.unstack(
       tf.random.experimental.stateless_split(key, 4))
+  if shift > 0:
+    # Its own seed, folded in, so that the other augmentations draw what they drew without it.
+    image, masks = _random_shift(image, masks, shift,
+                                 tf.random.experimental.stateless_fold_in(key, 5))
   if flip:
     do_flip = tf.random.stateless_uniform((), flip_seed) < 0.5
     image = tf.where(do_flip, image[:, ::-1], image)
@@ -326,6 +332,18 @@ def _augment(example, key: tf.Tensor, flip: bool, jitter: float):
     image = (image - gray) * factor(saturation_seed) + gray
     image = tf.clip_by_value(image, 0.0, 1.0)
   return dict(example, image=image, masks=masks)
+
+
+def _random_shift(image, masks, shift: int, seed):
+  """Image and masks moved together by up to `shift` pixels each way: padded by mirroring their
+  borders, then cropped back to their size at a random offset (the small-image recipe of
+  CIFAR-style training)."""
+  height, width = image.shape[0], image.shape[1]
+  padding = [[shift, shift], [shift, shift], [0, 0]]
+  offset = tf.random.stateless_uniform((2,), seed, 0, 2 * shift + 1, dtype=tf.int32)
+  crop = lambda x: tf.pad(x, padding, mode='SYMMETRIC')[offset[0]:offset[0] + height,
+                                                        offset[1]:offset[1] + width]
+  return (tf.ensure_shape(crop(image), image.shape), tf.ensure_shape(crop(masks), masks.shape))
 
 
 def _finalize(example, valid=True):
@@ -345,6 +363,7 @@ def _training_dataset(builder, data_config, standardize, split, rows: _Rows, see
   key = _epoch_key(seed, epoch)
   flip = bool(data_config.get('flip', False))
   jitter = float(data_config.get('color_jitter', 0.0))
+  shift = int(data_config.get('random_shift', 0))
   buffer = int(data_config.get('shuffle_buffer', 10_000))
   dataset, decode = _read_undecoded(builder, split, rows, shuffle_files=True,
                                     read_config=tfds.ReadConfig(shuffle_seed=key))
@@ -359,7 +378,7 @@ def _training_dataset(builder, data_config, standardize, split, rows: _Rows, see
 
   def process(position, example):
     augmented = _augment(standardize(decode(example)),
-                         tf.stack([tf.constant(key, tf.int64), position]), flip, jitter)
+                         tf.stack([tf.constant(key, tf.int64), position]), flip, jitter, shift)
     return _finalize(augmented)
 
   dataset = dataset.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
