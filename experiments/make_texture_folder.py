@@ -34,6 +34,9 @@ from absl import flags
 import numpy as np
 import PIL.Image
 
+from wysiwyc import runtime  # pylint: disable=g-bad-import-order
+runtime.quiet_logs()  # The experiment scripts' convention (this one loads no TensorFlow).
+
 TEXTURES = ('stripes', 'checker', 'dots', 'grid', 'noise', 'waves')  # class i = TEXTURES[i]
 
 FLAGS = flags.FLAGS

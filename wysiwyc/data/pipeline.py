@@ -315,8 +315,7 @@ def _augment(example, key: tf.Tensor, flip: bool, jitter: float, shift: int = 0)
   image, masks = example['image'], example['masks']
   flip_seed, brightness_seed, contrast_seed, saturation_seed = tf.unstack(
       tf.random.experimental.stateless_split(key, 4))
-  if shift > 0:
-    # Its own seed, folded in, so that the other augmentations draw what they drew without it.
+  if shift > 0:  # its own seed: the other augmentations draw what they drew without it
     image, masks = _random_shift(image, masks, shift,
                                  tf.random.experimental.stateless_fold_in(key, 5))
   if flip:
@@ -335,14 +334,11 @@ def _augment(example, key: tf.Tensor, flip: bool, jitter: float, shift: int = 0)
 
 
 def _random_shift(image, masks, shift: int, seed):
-  """Image and masks moved together by up to `shift` pixels each way: padded by mirroring their
-  borders, then cropped back to their size at a random offset (the small-image recipe of
-  CIFAR-style training)."""
+  """Image and masks moved together by up to `shift` px each way (borders mirrored)."""
   height, width = image.shape[0], image.shape[1]
-  padding = [[shift, shift], [shift, shift], [0, 0]]
   offset = tf.random.stateless_uniform((2,), seed, 0, 2 * shift + 1, dtype=tf.int32)
-  crop = lambda x: tf.pad(x, padding, mode='SYMMETRIC')[offset[0]:offset[0] + height,
-                                                        offset[1]:offset[1] + width]
+  crop = lambda x: tf.pad(x, [[shift, shift], [shift, shift], [0, 0]], mode='SYMMETRIC')[
+      offset[0]:offset[0] + height, offset[1]:offset[1] + width]
   return (tf.ensure_shape(crop(image), image.shape), tf.ensure_shape(crop(masks), masks.shape))
 
 
