@@ -38,8 +38,6 @@ from wysiwyc import viz
 # The pipelines' normalization, from a module that does not load TensorFlow (wysiwyc.data does).
 from wysiwyc.attribution.common import IMAGENET_MEAN, IMAGENET_STD
 
-# Larger images are refused rather than risking the machine's memory; downscale them first.
-
 
 class Explainer:
   """A trained explainer and its frozen classifier, read from a workdir."""

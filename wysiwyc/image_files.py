@@ -11,6 +11,7 @@ from PIL import ImageOps
 
 from wysiwyc import errors
 
+# Larger images are refused rather than risking the machine's memory; downscale them first.
 MAX_PIXELS = 50_000_000
 
 
