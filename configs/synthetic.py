@@ -193,6 +193,15 @@ def apply_scratch(config: ml_collections.ConfigDict) -> None:
                                                     decay_steps=4690, object_masking=0.5)
 
 
+def apply_classifier_start(config: ml_collections.ConfigDict) -> None:
+  """The Explainer without the shipped start: its encoder starts from the classifier's
+  convolutions, its decoder from random weights, and the single-class term (weight 0.3) beside
+  the paper's loss pulls the class channels apart (configs/folder.py's recipe; over 3 seeds in
+  docs/synthetic.md, Ablations)."""
+  config.explainer.init_from = 'classifier'
+  config.loss.lambda_single = 0.3
+
+
 def apply_natural(config: ml_collections.ConfigDict) -> None:
   """The harder benchmark: the same shapes and classes, drawn so that colour alone does not
   outline them: textured objects with soft edges over full-contrast backgrounds, pixel noise,
@@ -237,5 +246,5 @@ def apply_shortcut_control(config: ml_collections.ConfigDict) -> None:
 
 
 VARIANTS = {'smoke': apply_smoke, 'rts': apply_real_time_saliency, 'scratch': apply_scratch,
-            'natural': apply_natural, 'shortcut': apply_shortcut,
+            'classifier_start': apply_classifier_start, 'natural': apply_natural, 'shortcut': apply_shortcut,
             'shortcut_control': apply_shortcut_control}

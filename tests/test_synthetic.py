@@ -263,6 +263,26 @@ def test_natural_variant_has_its_own_data_and_classifier():
     assert combined.data.synthetic.edge_blur > 0, variant
 
 
+def test_classifier_start_variant_changes_the_start_and_the_single_class_term_only():
+  from configs import folder as folder_configs  # pylint: disable=g-import-not-at-top
+  from configs import synthetic as synthetic_configs  # pylint: disable=g-import-not-at-top
+  flat = lambda config: dict(_flatten(config.to_dict()))
+  default, variant = (flat(synthetic_configs.get_config(arg)) for arg in ('', 'classifier_start'))
+  changed = {key for key in default if default[key] != variant[key]}
+  assert changed == {'explainer.init_from', 'loss.lambda_single'}, changed
+  folder = folder_configs.get_config('')
+  assert (variant['explainer.init_from'], variant['loss.lambda_single']) == (
+      folder.explainer.init_from, folder.loss.lambda_single)  # the folder config's recipe
+
+
+def _flatten(tree, prefix=''):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flatten(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}', value
+
+
 @pytest.mark.parametrize('bad', [dict(object_texture=1.5), dict(object_texture=-0.1),
                                  dict(edge_blur=-1.0)])
 def test_invalid_appearance_is_refused(bad):
