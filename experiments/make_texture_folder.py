@@ -5,7 +5,8 @@ r"""Writes a synthetic data set of textured blobs as a folder in the manifest la
 A second stand-in for a user's own labelled images, of another look than the project's flat
 shapes: the class is a *texture*, not an outline. Each 64x64 image has a smooth random colour
 gradient for background and 1-3 objects, each a random blob (a rotated ellipse with a wobbly
-rim, 20-40% of the image side across) filled with one texture family in two random colours:
+rim, 30-50% of the image side across: smaller blobs show too few periods of their texture to
+tell one class from another) filled with one texture family in two random colours:
 
   stripes  parallel bands, random angle, period 4-8 px
   checker  checkerboard, cells 3-6 px, random rotation
@@ -55,7 +56,8 @@ SPLITS = ('train', 'validation', 'test')
 NOISE_STD = 0.03  # of the whole image, in [0, 1] units
 MIN_CONTRAST = 0.35  # mean absolute RGB difference of an object's two colours
 MIN_VISIBLE = 0.7  # share of each object left visible by the later ones
-SIZE_RANGE = (0.2, 0.4)  # blob diameter as a share of the image side
+SIZE_RANGE = (0.3, 0.5)  # blob diameter as a share of the image side
+ASPECT_RANGE = (0.7, 1.0)  # narrow over long axis of a blob
 TRIES = 100  # blob placements tried before an image is drawn anew
 
 
@@ -105,7 +107,7 @@ def blob_mask(size: int, diameter: float, rng: np.random.Generator) -> np.ndarra
   angle = rng.uniform(0, np.pi)
   dx, dy = xx - centre[1], yy - centre[0]
   a = dx * np.cos(angle) + dy * np.sin(angle)
-  b = (-dx * np.sin(angle) + dy * np.cos(angle)) / rng.uniform(0.6, 1.0)
+  b = (-dx * np.sin(angle) + dy * np.cos(angle)) / rng.uniform(*ASPECT_RANGE)
   theta = np.arctan2(b, a)
   rim = np.full_like(theta, 0.9)  # 0.8 to 1: the blob stays within `diameter`
   for k in (2, 3, 4):
