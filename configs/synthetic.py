@@ -246,5 +246,5 @@ def apply_shortcut_control(config: ml_collections.ConfigDict) -> None:
 
 
 VARIANTS = {'smoke': apply_smoke, 'rts': apply_real_time_saliency, 'scratch': apply_scratch,
-            'classifier_start': apply_classifier_start, 'natural': apply_natural, 'shortcut': apply_shortcut,
-            'shortcut_control': apply_shortcut_control}
+            'classifier_start': apply_classifier_start, 'natural': apply_natural,
+            'shortcut': apply_shortcut, 'shortcut_control': apply_shortcut_control}

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 
+import flax
 import numpy as np
 import pytest
 import scipy.ndimage
@@ -266,21 +267,13 @@ def test_natural_variant_has_its_own_data_and_classifier():
 def test_classifier_start_variant_changes_the_start_and_the_single_class_term_only():
   from configs import folder as folder_configs  # pylint: disable=g-import-not-at-top
   from configs import synthetic as synthetic_configs  # pylint: disable=g-import-not-at-top
-  flat = lambda config: dict(_flatten(config.to_dict()))
+  flat = lambda config: flax.traverse_util.flatten_dict(config.to_dict(), sep='.')
   default, variant = (flat(synthetic_configs.get_config(arg)) for arg in ('', 'classifier_start'))
   changed = {key for key in default if default[key] != variant[key]}
   assert changed == {'explainer.init_from', 'loss.lambda_single'}, changed
   folder = folder_configs.get_config('')
   assert (variant['explainer.init_from'], variant['loss.lambda_single']) == (
       folder.explainer.init_from, folder.loss.lambda_single)  # the folder config's recipe
-
-
-def _flatten(tree, prefix=''):
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      yield from _flatten(value, f'{prefix}{key}.')
-    else:
-      yield f'{prefix}{key}', value
 
 
 @pytest.mark.parametrize('bad', [dict(object_texture=1.5), dict(object_texture=-0.1),
