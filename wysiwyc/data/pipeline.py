@@ -310,7 +310,7 @@ def _standardize(example, adapter: registry.DatasetAdapter, num_classes: int, si
                                    (size, size, num_classes + 1))}
 
 
-def _augment(example, key: tf.Tensor, flip: bool, jitter: float, shift: int = 0):
+def _augment(example, key: tf.Tensor, flip: bool, jitter: float, shift: int):
   """Random flip, colour jitter and shift, a pure function of `key` (int64 (2,))."""
   image, masks = example['image'], example['masks']
   flip_seed, brightness_seed, contrast_seed, saturation_seed = tf.unstack(
