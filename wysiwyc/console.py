@@ -1,14 +1,20 @@
 """What the main job tells its user on the console: what each stage uses, its progress in steps,
 why it ended, and where the results are. Process 0 only; written through tqdm, so lines and
-progress bars do not break each other.
+progress bars do not break each other. When the console is not a terminal (output redirected to
+a file), progress comes as plain lines instead of bars.
 """
 
 import os
+import shutil
 import sys
+import time
 from typing import Dict, Optional
 
 import jax
 import tqdm
+
+SMOKE_LINE = ('smoke run: tiny data, models and step counts, to check that every stage runs; '
+              'its numbers are not meaningful.')
 
 
 def say(line: str) -> None:
@@ -17,8 +23,69 @@ def say(line: str) -> None:
     tqdm.tqdm.write(line, file=sys.stderr)
 
 
-def progress_bar(stage: str, total_steps: int, done_steps: int) -> tqdm.tqdm:
-  """The stage's bar in optimizer steps, e.g. `explainer 120/750 steps |###  | [00:40<03:20]`."""
+def is_terminal(stream) -> bool:
+  try:
+    return stream.isatty()
+  except (AttributeError, ValueError):  # A replaced or closed stream.
+    return False
+
+
+class PlainProgress:
+  """A stage's progress as plain lines, for a console that is not a terminal: a line when the
+  stage passes another tenth of its steps, unless one was written in the last `min_seconds`, and
+  the last step's line at `close`, e.g. `explainer 750/750 steps [03:20, epoch=5, loss=0.0942]`.
+  The calls tqdm's bar takes in `loop.fit`."""
+
+  def __init__(self, stage: str, total_steps: int, done_steps: int, min_seconds: float = 30.0,
+               file=None):
+    self.stage, self.total, self.n, self.min_seconds = stage, total_steps, done_steps, min_seconds
+    self.file = file
+    self._start, self._start_n = time.monotonic(), done_steps
+    self._written_n, self._written_at = done_steps, None
+    self._postfix = {}
+
+  def _tenth(self, n: int) -> int:
+    return n * 10 // max(self.total, 1)
+
+  def update(self, n: int = 1) -> None:
+    self.n += n
+    now = time.monotonic()
+    if (self._tenth(self.n) > self._tenth(self._written_n) and self.n < self.total
+        and (self._written_at is None or now - self._written_at >= self.min_seconds)):
+      self._write(now)
+
+  def set_postfix(self, **postfix) -> None:
+    self._postfix = postfix
+
+  def close(self) -> None:
+    if self.n != self._written_n:
+      self._write(time.monotonic())
+
+  def line(self, now: float) -> str:
+    elapsed = now - self._start
+    done = self.n - self._start_n
+    times = _clock(elapsed)
+    if 0 < done and self.n < self.total:
+      times += f'<{_clock(elapsed / done * (self.total - self.n))}'
+    extra = ''.join(f', {key}={value}' for key, value in self._postfix.items())
+    return f'{self.stage} {self.n}/{self.total} steps [{times}{extra}]'
+
+  def _write(self, now: float) -> None:
+    self._written_n, self._written_at = self.n, now
+    print(self.line(now), file=self.file or sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+  minutes, seconds = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}:{minutes:02d}:{seconds:02d}' if hours else f'{minutes:02d}:{seconds:02d}'
+
+
+def progress_bar(stage: str, total_steps: int, done_steps: int):
+  """The stage's bar in optimizer steps, e.g. `explainer 120/750 steps |###  | [00:40<03:20]`;
+  plain lines (`PlainProgress`) when stderr is not a terminal."""
+  if jax.process_index() == 0 and not is_terminal(sys.stderr):
+    return PlainProgress(stage, total_steps, done_steps)
   return tqdm.tqdm(total=total_steps, initial=done_steps, desc=stage, unit='step',
                    bar_format='{desc} {n_fmt}/{total_fmt} steps |{bar}| '
                               '[{elapsed}<{remaining}{postfix}]',
@@ -89,7 +156,46 @@ def stage_end_line(stage: str, reason: str, step: int, epoch: int, best_epoch: i
   return f'{stage}: {why}{best}'
 
 
+def data_line(spec, location: str, built: bool) -> str:
+  """E.g. 'data: synthetic_shapes prepared in DIR (train 64, validation 16, test 16 images)'."""
+  counts = ', '.join(f'{split} {count}' for split, count in spec.num_examples.items())
+  return (f"data: {spec.name} {'prepared in' if built else 'found in'} {location} "
+          f'({counts} images)')
+
+
+def results_summary(results: dict) -> str:
+  """The main numbers of results.json in one line, after its note (what could not be
+  evaluated) if it has one."""
+  explainer, parts = results.get('explainer', {}), []
+  if 'iou@0.5' in explainer:
+    parts.append(f"explainer iou@0.5 {explainer['iou@0.5']:.3f} (all_1 "
+                 f"{results.get('all_1', {}).get('iou@0.5', float('nan')):.3f}), per-class "
+                 f"{explainer['per_class_iou@0.5']:.3f}")
+  if 'specificity_other_over_own' in explainer:
+    parts.append(f"other/own {explainer['specificity_other_over_own']:.3f}")
+  classifier = results.get('classifier', {})
+  if 'accuracy_plain' in classifier:
+    parts.append(f"classifier accuracy {classifier['accuracy_plain']:.3f}")
+  images = classifier.get('num_test_images')
+  body = '; '.join(([results['note']] if 'note' in results else []) + [', '.join(parts)])
+  return (f'results on {images} test images: ' if images else 'results: ') + body.strip('; ')
+
+
+def tensorboard_command() -> str:
+  """A command that starts TensorBoard from the current folder: `tensorboard` when it is on the
+  PATH, else the one installed beside this Python (`.venv/bin/tensorboard` after the README's
+  set-up), else `PYTHON -m tensorboard.main`."""
+  if shutil.which('tensorboard'):
+    return 'tensorboard'
+  beside = os.path.join(os.path.dirname(sys.executable), 'tensorboard')
+  if os.path.exists(beside):
+    relative = os.path.relpath(beside)
+    return beside if relative.startswith('..') else os.path.join(os.curdir, relative) if (
+        os.sep not in relative) else relative
+  return f'{sys.executable} -m tensorboard.main'
+
+
 def results_line(workdir: str) -> str:
   return (f'results: {os.path.join(workdir, "results.md")} (and results.json); figures: '
-          f'{os.path.join(workdir, "figures")}{os.sep}; TensorBoard: tensorboard --logdir '
-          f'{os.path.join(workdir, "tensorboard")}')
+          f'{os.path.join(workdir, "figures")}{os.sep}; TensorBoard: {tensorboard_command()} '
+          f'--logdir {os.path.join(workdir, "tensorboard")}')

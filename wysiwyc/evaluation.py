@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from wysiwyc import checkpointing
+from wysiwyc import console
 from wysiwyc import data_parallel
 from wysiwyc import loop
 from wysiwyc import metrics
@@ -186,10 +187,9 @@ def evaluate_and_report(config, spec, workdir: str, mesh: Mesh, classifier, clas
 
 def _report(config, spec, workdir: str, results: dict, figure_batch: Optional[dict]) -> dict:
   """Writes results.json, results.md and the figures (the masks' figure when there are test
-  images); says a note of the results (what could not be evaluated) on the console."""
+  images); says the main numbers on the console, after the note of the results (what could not
+  be evaluated) if there is one. The whole table is logged at --verbosity=1."""
   from wysiwyc import viz  # pylint: disable=g-import-not-at-top
-  if 'note' in results:
-    logging.warning('%s', results['note'])
   # Read by every process: orbax restores wait for all of them. Written by process 0 only.
   histories = {stage: loop.stage_history(os.path.join(workdir, stage))
                for stage in ('classifier', 'explainer')}
@@ -201,7 +201,8 @@ def _report(config, spec, workdir: str, results: dict, figure_batch: Optional[di
                       os.path.join(workdir, 'figures', 'masks.png'))
     viz.save_figure(viz.plot_training_curves(histories),
                     os.path.join(workdir, 'figures', 'training.png'))
-  logging.info('Results:\n%s', results_markdown(results))
+  console.say(console.results_summary(results))
+  logging.debug('Results:\n%s', results_markdown(results))
   return results
 
 

@@ -76,6 +76,13 @@ def _load_config(config_arg: str):
     return None
 
 
+_HELP_FLAGS = ('-?', '--help', '--helpshort', '--helpfull', '--helpxml')
+
+
+def _asks_for_help(argv: Sequence[str]) -> bool:
+  return any(arg.split('=', 1)[0] in _HELP_FLAGS for arg in argv[1:])
+
+
 def parse_flags(argv: List[str]) -> List[str]:
   """absl's flag parsing, with configuration mistakes reported in one line and exit code 2."""
   try:
@@ -83,7 +90,10 @@ def parse_flags(argv: List[str]) -> List[str]:
     if config_arg:
       config_check.check_config_arg(config_arg)
       runtime.quiet_native_logs(argv)  # Before the config file loads TensorFlow.
-    remaining = FLAGS(argv)
+    try:
+      remaining = FLAGS(argv)
+    except SystemExit as exit_:  # absl exits 1 after printing the help it was asked for.
+      sys.exit(0 if exit_.code == 1 and _asks_for_help(argv) else exit_.code)
     if FLAGS.config is not None:
       FLAGS.config.get('seed')  # A config file that failed to load raises here.
     return remaining

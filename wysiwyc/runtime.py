@@ -2,8 +2,10 @@
 
 At the default `--verbosity=0` the tools print their own lines only: the INFO and WARNING lines
 of the libraries (TensorFlow's oneDNN notice, JAX's platform probing, TFDS's "Using custom data
-configuration", orbax's checkpoint chatter) are dropped; their errors still show. `--verbosity=1`
-(absl's flag) brings them back, `--verbosity=2` adds their DEBUG lines.
+configuration", orbax's checkpoint chatter) are dropped; their errors still show; and log records
+read as plain lines ('warning: ...'), without absl's `I1204 18:33:18.134686 ... file.py:204]`
+prefix. `--verbosity=1` (absl's flag) brings the libraries' lines and absl's prefix back,
+`--verbosity=2` adds their DEBUG lines.
 """
 
 import contextlib
@@ -131,11 +133,24 @@ def quiet_logs(argv: Optional[Sequence[str]] = None) -> None:
   _filter_absl_handler(requested_verbosity(argv))
 
 
+class PlainFormatter(pylogging.Formatter):
+  """A record as its message, after 'warning: ' or 'error: ' at those levels."""
+
+  def format(self, record: pylogging.LogRecord) -> str:
+    message = record.getMessage()
+    if record.exc_info:
+      message = f'{message}\n{self.formatException(record.exc_info)}'
+    if record.levelno >= pylogging.ERROR:
+      return f'error: {message}'
+    return f'warning: {message}' if record.levelno >= pylogging.WARNING else message
+
+
 def _filter_absl_handler(verbosity: int) -> None:
   handler = logging.get_absl_handler()
   handler.filters = [f for f in handler.filters if not isinstance(f, _QuietLibraries)]
   if verbosity < 2:
     handler.addFilter(_QuietLibraries(pylogging.ERROR if verbosity < 1 else pylogging.INFO))
+  handler.setFormatter(PlainFormatter() if verbosity < 1 else logging.PythonFormatter())
 
 
 def use_compilation_cache() -> None:

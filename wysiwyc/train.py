@@ -2,10 +2,14 @@
 workdir, reusing what an earlier run of the same workdir finished.
 """
 
+import contextlib
+import io
 import os
+import sys
 
 import jax
 import ml_collections
+import tensorflow_datasets as tfds
 
 from wysiwyc import checkpointing
 from wysiwyc import console
@@ -16,6 +20,7 @@ from wysiwyc import loop
 from wysiwyc import run_setup
 from wysiwyc import self_explainer
 from wysiwyc import stages
+from wysiwyc.data import catalog
 from wysiwyc.data import pipeline
 
 # What `train_and_evaluate` raises, once the interrupted stage is saved, on a preemption notice.
@@ -24,13 +29,25 @@ Preempted = loop.Preempted
 
 def prepare_data(data_config) -> pipeline.DataSpec:
   """`pipeline.prepare`, by process 0 first: processes that share a data_dir never build the
-  data set at the same time (with separate data_dirs, the others build theirs afterwards)."""
-  if jax.process_count() == 1:
-    return pipeline.prepare(data_config)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  spec = pipeline.prepare(data_config) if jax.process_index() == 0 else None
-  multihost_utils.sync_global_devices('wysiwyc: data prepared by process 0')
-  return spec or pipeline.prepare(data_config)
+  data set at the same time (with separate data_dirs, the others build theirs afterwards).
+
+  TFDS's own report of a build (its "Downloading and preparing dataset" banner on stdout, its
+  progress bars when the console is not a terminal) gives way to one line of ours: the data
+  set, where it is, and its split sizes."""
+  builder = pipeline._builder(catalog.get_adapter(data_config.name), data_config)  # pylint: disable=protected-access
+  built = not builder.is_prepared()
+  if not console.is_terminal(sys.stderr):
+    tfds.disable_progress_bar()
+  with contextlib.redirect_stdout(io.StringIO()):
+    if jax.process_count() == 1:
+      spec = pipeline.prepare(data_config)
+    else:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      spec = pipeline.prepare(data_config) if jax.process_index() == 0 else None
+      multihost_utils.sync_global_devices('wysiwyc: data prepared by process 0')
+      spec = spec or pipeline.prepare(data_config)
+  console.say(console.data_line(spec, builder.data_dir, built))
+  return spec
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -63,5 +80,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     raise errors.UserError(f"Unknown mode {mode!r}; choose 'explainer' or 'self_explainer'.")
   results = evaluation.evaluate_and_report(config, spec, workdir, mesh, *trained)
+  if config.get('smoke', False):
+    console.say(console.SMOKE_LINE)
   console.say(console.results_line(workdir))
   return results
