@@ -2,8 +2,9 @@
 
 Runs every stage of `wysiwyc.train.train_and_evaluate`. Pick a config variant with
 `--config=configs/synthetic.py:smoke`; override any config field with `--config.FIELD=VALUE`
-(the fields are documented by the comments of the config file). `--verbosity=1` also shows the
-libraries' logs (TensorFlow, JAX, TFDS, orbax).
+(the fields are documented by the comments of the config file). A workdir keeps the settings its
+stages were trained with: a re-run that changes one stops, unless `--retrain=STAGE` asks to train
+that stage again. `--verbosity=1` also shows the libraries' logs (TensorFlow, JAX, TFDS, orbax).
 """
 
 import importlib.util
@@ -33,6 +34,10 @@ def _config_flag_help() -> str:
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, _config_flag_help(), lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, results and figures.')
+flags.DEFINE_enum('retrain', '', ['', 'classifier', 'explainer'],
+                  'Train this stage and those that depend on it again in --workdir (its '
+                  'checkpoints, results and figures are replaced): needed when the config changes '
+                  'a setting that a finished stage was trained with.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -121,7 +126,7 @@ def main(argv):
   if jax.process_index() != 0:  # Process 0 logs progress; the others only warnings and errors.
     logging.set_verbosity(logging.WARNING)
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.retrain)
   except train.Preempted as preempted:
     logging.warning('%s', preempted)
     sys.exit(143)

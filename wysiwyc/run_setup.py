@@ -4,6 +4,7 @@ leaves there (config.json, spec.json), which resuming and `wysiwyc.explain` read
 
 import json
 import os
+import shutil
 
 import jax
 import ml_collections
@@ -17,16 +18,71 @@ from wysiwyc.data import sources
 from wysiwyc.models import shipped
 
 
-# Config fields that change the shape or meaning of checkpoints: a workdir made with other values
-# cannot be resumed.
-_FROZEN_FIELDS = ('mode', 'data', 'classifier.name', 'classifier.kwargs', 'explainer.name',
-                  'explainer.kwargs', 'loss.kind')
+# The trained stages of a workdir, in training order; each depends on those before it.
+STAGES = ('classifier', 'explainer')
+# The folders of each stage in a workdir (the black-box start's distillation belongs to the
+# Explainer's stage).
+_STAGE_FOLDERS = {'classifier': ('classifier',), 'explainer': ('explainer', 'distill')}
+# The config fields of the classifier's stage (with their subfields); the Explainer's stage
+# depends on every field but those of _NOT_TRAINING.
+_CLASSIFIER_FIELDS = ('seed', 'mode', 'compute_dtype', 'data', 'classifier')
+# Fields that no trained stage depends on: what is evaluated and shown, how often the console and
+# checkpoints report, where data and weights are stored, how processes meet. A re-run may change
+# them; only the evaluation and the figures follow.
+_NOT_TRAINING = ('eval', 'log_every_steps', 'smoke', 'distributed', 'weights_dir',
+                 'data.data_dir', 'data.manual_dir', 'data.synthetic.num_test',
+                 'data.coco.num_eval_images', 'data.coco.eval_seed')
+_NOT_TRAINING_LEAVES = ('checkpoint_every_steps',)
 
 
-def _lookup(config_dict: dict, dotted: str):
-  for key in dotted.split('.'):
-    config_dict = config_dict.get(key, {}) if isinstance(config_dict, dict) else {}
-  return config_dict
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  """{'a.b': leaf}; an empty dict is a leaf of its own."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def _under(field: str, prefixes) -> bool:
+  return any(field == p or field.startswith(p + '.') for p in prefixes)
+
+
+def stage_fields(stage: str, flat_config: dict) -> list:
+  """The fields of `flat_config` that the trained `stage` depends on."""
+  training = [f for f in flat_config if not _under(f, _NOT_TRAINING)
+              and f.rsplit('.', 1)[-1] not in _NOT_TRAINING_LEAVES]
+  if stage == 'classifier':
+    return [f for f in training if _under(f, _CLASSIFIER_FIELDS)]
+  return training
+
+
+def changed_settings(previous: dict, current: dict, stage: str) -> list:
+  """(field, old, new) for each field of `stage` that differs between two configs (as JSON
+  dicts); a field that only one of them has differs too (shown as '(absent)')."""
+  old, new = _flatten(previous), _flatten(current)
+  fields = sorted(set(stage_fields(stage, old)) | set(stage_fields(stage, new)))
+  absent = '(absent)'
+  return [(f, old.get(f, absent), new.get(f, absent)) for f in fields
+          if old.get(f, absent) != new.get(f, absent)]
+
+
+def present_stages(workdir: str) -> list:
+  """The stages that have a folder in `workdir` (finished or not)."""
+  return [stage for stage in STAGES if any(
+      os.path.isdir(os.path.join(workdir, folder)) and os.listdir(os.path.join(workdir, folder))
+      for folder in _STAGE_FOLDERS[stage])]
+
+
+def retrained_stages(retrain: str) -> tuple:
+  """The stages that `--retrain=STAGE` trains again: STAGE and those that depend on it."""
+  if not retrain:
+    return ()
+  if retrain not in STAGES:
+    raise errors.UserError(f'--retrain={retrain!r}; choose one of {", ".join(STAGES)}.')
+  return STAGES[STAGES.index(retrain):]
 
 
 def check_inputs_available(config: ml_collections.ConfigDict) -> None:
@@ -61,20 +117,58 @@ def check_inputs_available(config: ml_collections.ConfigDict) -> None:
     raise errors.UserError(sources.format_missing(problems))
 
 
-def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses to resume a workdir whose checkpoints were made for another model or data set."""
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str,
+                         retrain: str = '') -> None:
+  """Refuses, before anything is written, to reuse or resume a stage of `workdir` that was
+  trained with other settings than `config`'s (its config.json, which a run writes only when it
+  changes no trained stage), unless `retrain` names that stage or one it depends on.
+
+  One message lists every changed field, old -> new, and the ways on: a new --workdir, or
+  `--retrain=STAGE`, which trains that stage and those after it again in this workdir.
+  """
   path = os.path.join(workdir, 'config.json')
+  retrained = retrained_stages(retrain)
   if not os.path.exists(path):
     return
   with open(path) as f:
     previous = json.load(f)
   current = json.loads(config.to_json_best_effort())
-  changed = [field for field in _FROZEN_FIELDS
-             if _lookup(previous, field) != _lookup(current, field)]
-  if changed:
-    raise errors.UserError(f'{workdir} was made with a different {", ".join(changed)}; its '
-                     'checkpoints do not fit this config. Use a new --workdir (or restore the '
-                     'previous values).')
+  changes = {stage: changed_settings(previous, current, stage)
+             for stage in present_stages(workdir) if stage not in retrained}
+  changes = {stage: changed for stage, changed in changes.items() if changed}
+  if not changes:
+    return
+  first = next(stage for stage in STAGES if stage in changes)
+  shown = []
+  for stage in STAGES:
+    for field, old, new in changes.get(stage, ()):
+      if field not in {f for f, _, _ in shown}:
+        shown.append((field, old, new))
+  stages = ' and '.join(STAGES[STAGES.index(first):])
+  lines = '\n'.join(f'  {field}: {json.dumps(old)} -> {json.dumps(new)}'
+                     for field, old, new in shown)
+  raise errors.UserError(
+      f'{workdir} holds the {" and ".join(changes)} trained with other settings than this '
+      f'config\'s:\n{lines}\nNothing was written. Use a new --workdir for these settings, or '
+      f'--retrain={first} to train the {stages} again in this workdir (replacing '
+      f'{"their" if " and " in stages else "its"} checkpoints, the results and the figures), or '
+      'the previous values.')
+
+
+def clear_retrained_stages(workdir: str, retrain: str) -> None:
+  """Deletes what `--retrain` trains again: the stages' folders and TensorBoard logs, the
+  results and the figures (process 0; the others wait at the data preparation)."""
+  stages = retrained_stages(retrain)
+  if not stages or jax.process_index() != 0:
+    return
+  folders = [folder for stage in stages for folder in _STAGE_FOLDERS[stage]]
+  folders += [os.path.join('tensorboard', name) for name in folders + ['self_explainer']]
+  for name in folders + ['figures', 'results.json', 'results.md']:
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
 
 
 def write_workdir_description(config, spec, workdir: str) -> None:

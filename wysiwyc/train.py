@@ -50,17 +50,21 @@ def prepare_data(data_config) -> pipeline.DataSpec:
   return spec
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       retrain: str = '') -> dict:
   """Runs every stage (classifier, explainer, evaluation, figures) into `workdir`.
 
-  Finished stages are reused; an interrupted stage continues from its latest checkpoint.
+  Finished stages are reused; an interrupted stage continues from its latest checkpoint. A stage
+  trained with other settings is refused before anything is written, unless `retrain` names it
+  or a stage it depends on ('classifier' or 'explainer'): those stages train again.
   Returns the results dict also written to `workdir/results.json`.
   """
   workdir = os.path.abspath(workdir)
   checkpointing.check_directory(workdir)
-  run_setup.check_workdir_config(config, workdir)
+  run_setup.check_workdir_config(config, workdir, retrain)
   config = config.copy_and_resolve_references()
   run_setup.check_inputs_available(config)  # missing data or weights: stop before writing
+  run_setup.clear_retrained_stages(workdir, retrain)
   os.makedirs(workdir, exist_ok=True)
   mesh = data_parallel.create_mesh()
   console.say(f'devices: {jax.device_count()} ({jax.devices()[0].platform}) in '
