@@ -166,15 +166,16 @@ def test_log_records_are_plain_lines_at_default_verbosity_and_absl_ones_from_1()
     handler.setFormatter(logging.PythonFormatter())
 
 
-def test_results_summary_is_one_line_with_the_note_first():
+def test_results_summary_is_one_line():
   assert console.results_summary({
       'explainer': {'iou@0.5': 0.5, 'per_class_iou@0.5': 0.25, 'specificity_other_over_own': 0.1},
       'all_1': {'iou@0.5': 0.09}, 'classifier': {'accuracy_plain': 0.9, 'num_test_images': 16}}) == (
           'results on 16 test images: explainer iou@0.5 0.500 (all_1 0.090), per-class 0.250, '
           'other/own 0.100, classifier accuracy 0.900')
   assert console.results_summary({'note': 'No masks.', 'classifier': {'accuracy_plain': 0.9}}) == (
-      'results: No masks.; classifier accuracy 0.900')
-  assert console.results_summary({'note': 'No test split.'}) == 'results: No test split.'
+      'results: classifier accuracy 0.900')  # the note is logged on its own, once
+  assert console.results_summary({'note': 'No test split.'}) == (
+      'results: no numbers (see the note above)')
 
 
 def test_misspelled_config_field_is_one_line(tmp_path):

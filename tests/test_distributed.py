@@ -394,7 +394,10 @@ def test_sigkill_mid_epoch_then_restart_continues_exactly(interrupted_runs):
     assert _history(workdir, stage) == _history(reference, stage), stage
   with open(os.path.join(reference, 'results.json')) as f, \
       open(os.path.join(workdir, 'results.json')) as g:
-    assert json.load(g) == json.load(f)
+    resumed, uninterrupted = json.load(g), json.load(f)
+    for results in (resumed, uninterrupted):
+      del results['provenance']['stage_seconds']  # wall times differ
+    assert resumed == uninterrupted
 
 
 @pytest.mark.skipif(not os.environ.get('WYSIWYC_SLOW_TESTS'),
@@ -490,6 +493,8 @@ def test_main_job_results_do_not_depend_on_the_topology(topology_runs, processes
   assert actual['classifier']['num_test_images'] == MAX_EXAMPLES
   assert sorted(actual) == sorted(reference)
   for method, expected in reference.items():
+    if method == 'provenance':  # the devices, the wall times
+      continue
     assert sorted(actual[method]) == sorted(expected), method
     for metric, value in expected.items():
       exact = method == 'classifier' or (method in REFERENCE_METHODS and metric != 'saliency')

@@ -82,6 +82,14 @@ def test_stage_fields_and_changed_settings():
   assert run_setup.retrained_stages('classifier') == ('classifier', 'explainer')
 
 
+def test_results_json_says_where_its_numbers_come_from(workdir):
+  with open(os.path.join(workdir, 'results.json')) as f:
+    described = json.load(f)['provenance']
+  assert {'versions', 'device_kind', 'device_count', 'stage_seconds'} <= set(described)
+  assert set(described['stage_seconds']) == {'classifier', 'explainer'}
+  assert all(seconds > 0 for seconds in described['stage_seconds'].values())
+
+
 def test_changed_training_fields_stop_the_cli_before_it_writes_anything(workdir, data_dir):
   before = file_hashes(workdir)
   tv = one_epoch_config(data_dir).loss.lambda_tv

@@ -164,8 +164,7 @@ def data_line(spec, location: str, built: bool) -> str:
 
 
 def results_summary(results: dict) -> str:
-  """The main numbers of results.json in one line, after its note (what could not be
-  evaluated) if it has one."""
+  """The main numbers of results.json in one line."""
   explainer, parts = results.get('explainer', {}), []
   if 'iou@0.5' in explainer:
     parts.append(f"explainer iou@0.5 {explainer['iou@0.5']:.3f} (all_1 "
@@ -177,8 +176,8 @@ def results_summary(results: dict) -> str:
   if 'accuracy_plain' in classifier:
     parts.append(f"classifier accuracy {classifier['accuracy_plain']:.3f}")
   images = classifier.get('num_test_images')
-  body = '; '.join(([results['note']] if 'note' in results else []) + [', '.join(parts)])
-  return (f'results on {images} test images: ' if images else 'results: ') + body.strip('; ')
+  return (f'results on {images} test images: ' if images else 'results: ') + (
+      ', '.join(parts) or 'no numbers (see the note above)')
 
 
 def tensorboard_command() -> str:

@@ -22,6 +22,7 @@ from wysiwyc import console
 from wysiwyc import data_parallel
 from wysiwyc import loop
 from wysiwyc import metrics
+from wysiwyc import provenance
 from wysiwyc import train_steps
 from wysiwyc.data import pipeline
 
@@ -187,12 +188,16 @@ def evaluate_and_report(config, spec, workdir: str, mesh: Mesh, classifier, clas
 
 def _report(config, spec, workdir: str, results: dict, figure_batch: Optional[dict]) -> dict:
   """Writes results.json, results.md and the figures (the masks' figure when there are test
-  images); says the main numbers on the console, after the note of the results (what could not
-  be evaluated) if there is one. The whole table is logged at --verbosity=1."""
+  images); says the note of the results (what could not be evaluated) if there is one, then the
+  main numbers on the console (the whole table is logged at --verbosity=1). Adds the run's
+  provenance (`wysiwyc.provenance`) to the results."""
   from wysiwyc import viz  # pylint: disable=g-import-not-at-top
+  if 'note' in results:
+    logging.warning('%s', results['note'])
   # Read by every process: orbax restores wait for all of them. Written by process 0 only.
   histories = {stage: loop.stage_history(os.path.join(workdir, stage))
-               for stage in ('classifier', 'explainer')}
+               for stage in ('classifier', 'distill', 'explainer')}
+  results = {**results, 'provenance': provenance.describe(histories)}
   if jax.process_index() == 0:
     write_results(results, workdir, smoke=config.get('smoke', False))
     if figure_batch is not None:
