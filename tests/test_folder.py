@@ -225,10 +225,28 @@ def _unreadable_subfolder_image(root):
   return os.path.join('train', 'bar', '2.png'), 'not an image that can be read'
 
 
+def _empty_class_folder(root):
+  os.makedirs(os.path.join(root, 'train', 'star'))  # would drop the class without a word
+  return os.path.join('train', 'star'), 'an empty class folder'
+
+
+def _class_only_in_test(root):
+  image, _ = _draw(np.random.default_rng(1), 32, 32, [0])
+  _save(os.path.join(root, 'test', 'star', '0.png'), image)
+  return os.path.join('test', 'star'), "class 'star' has no image in the train split"
+
+
+def _class_without_training_image(root):
+  with open(os.path.join(root, 'classes.txt'), 'a') as f:
+    f.write('star\n')
+  return 'classes.txt, line 4', "class 'star' has no image in the train split"
+
+
 MANIFEST_CASES = (_break_label, _missing_image, _unreadable_image, _missing_mask,
                   _unreadable_mask, _mask_wrong_size, _mask_values_above_classes, _empty_split,
-                  _duplicated_class)
-SUBFOLDER_CASES = (_empty_subfolder_split, _unreadable_subfolder_image)
+                  _duplicated_class, _class_without_training_image)
+SUBFOLDER_CASES = (_empty_subfolder_split, _unreadable_subfolder_image, _empty_class_folder,
+                   _class_only_in_test)
 
 
 @pytest.mark.parametrize('case', MANIFEST_CASES + SUBFOLDER_CASES,
@@ -258,6 +276,17 @@ def _smoke_config(root, data_dir):
   config.data.folder.root = str(root)
   config.data.data_dir = str(data_dir)
   return config
+
+
+def test_a_train_split_smaller_than_a_batch_stops_before_the_workdir_is_written(tmp_path):
+  from wysiwyc import train  # pylint: disable=g-import-not-at-top
+  root = make_subfolders(tmp_path / 'mine')  # 18 train images, 2 of them cut for validation
+  config = _smoke_config(root, tmp_path / 'tfds')
+  config.classifier.train.batch_size = 32
+  with pytest.raises(errors.UserError, match=r'the train split has 16 images, fewer than one '
+                     r'batch of 32 \(--config\.classifier\.train\.batch_size=32\); set it to 16'):
+    train.train_and_evaluate(config, str(tmp_path / 'work'))
+  assert not os.path.exists(tmp_path / 'work')
 
 
 def test_main_job_on_a_manifest_with_masks(tmp_path):

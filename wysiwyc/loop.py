@@ -148,8 +148,11 @@ def fit(stage: Stage, state: train_steps.TrainState, config: ml_collections.Conf
   writer = SummaryWriter(stage.log_dir)
   steps_per_epoch = spec.num_examples['train'] // tc.batch_size
   if steps_per_epoch == 0:
+    field = {'distill': 'explainer.distill'}.get(stage.name, f'{stage.name}.train'.replace(
+        'self_explainer', 'explainer'))
     raise errors.UserError(f'{stage.name}: the train split has {spec.num_examples["train"]} '
-                           f'examples, fewer than one batch of {tc.batch_size}; lower batch_size.')
+                           f'examples, fewer than one batch of {tc.batch_size}; lower '
+                           f'--config.{field}.batch_size.')
   max_steps = tc.get('max_steps', 0) or tc.num_epochs * steps_per_epoch
   block = data_parallel.batch_block(mesh)
   console.say(console.trained_stage_line(

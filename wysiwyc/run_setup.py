@@ -35,6 +35,12 @@ _NOT_TRAINING = ('eval', 'log_every_steps', 'smoke', 'distributed', 'weights_dir
 _NOT_TRAINING_LEAVES = ('checkpoint_every_steps',)
 
 
+def _lookup(config_dict: dict, dotted: str):
+  for key in dotted.split('.'):
+    config_dict = config_dict.get(key, {}) if isinstance(config_dict, dict) else {}
+  return config_dict
+
+
 def _flatten(tree: dict, prefix: str = '') -> dict:
   """{'a.b': leaf}; an empty dict is a leaf of its own."""
   flat = {}
@@ -157,18 +163,41 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str,
 
 def clear_retrained_stages(workdir: str, retrain: str) -> None:
   """Deletes what `--retrain` trains again: the stages' folders and TensorBoard logs, the
-  results and the figures (process 0; the others wait at the data preparation)."""
+  results and the figures (process 0; the other processes wait for it)."""
   stages = retrained_stages(retrain)
-  if not stages or jax.process_index() != 0:
+  if not stages:
     return
   folders = [folder for stage in stages for folder in _STAGE_FOLDERS[stage]]
   folders += [os.path.join('tensorboard', name) for name in folders + ['self_explainer']]
   for name in folders + ['figures', 'results.json', 'results.md']:
     path = os.path.join(workdir, name)
-    if os.path.isdir(path):
+    if jax.process_index() == 0 and os.path.isdir(path):
       shutil.rmtree(path)
-    elif os.path.exists(path):
+    elif jax.process_index() == 0 and os.path.exists(path):
       os.remove(path)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('wysiwyc: retrained stages cleared by process 0')
+
+
+def check_split_sizes(config: ml_collections.ConfigDict, spec) -> None:
+  """Stops before the workdir is written when the train split is smaller than one batch of a
+  stage that trains on it, naming the flag to change."""
+  train = spec.num_examples.get('train', 0)
+  fields = ['explainer.train.batch_size']
+  if config.get('mode', 'explainer') == 'explainer' and not config.classifier.get('checkpoint',
+                                                                                   ''):
+    fields.insert(0, 'classifier.train.batch_size')
+  problems = []
+  for field in fields:
+    batch_size = _lookup(config.to_dict(), field)
+    if train < batch_size:
+      problems.append(f'the train split has {train} images, fewer than one batch of {batch_size} '
+                      f'(--config.{field}={batch_size}); set it to {train} or less, or add '
+                      'training images.')
+  if problems:
+    raise errors.UserError(' '.join(problems) if len(problems) == 1 else
+                           '\n'.join(['Too few training images:'] + [f'  {p}' for p in problems]))
 
 
 def write_workdir_description(config, spec, workdir: str) -> None:

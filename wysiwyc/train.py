@@ -64,12 +64,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   run_setup.check_workdir_config(config, workdir, retrain)
   config = config.copy_and_resolve_references()
   run_setup.check_inputs_available(config)  # missing data or weights: stop before writing
-  run_setup.clear_retrained_stages(workdir, retrain)
-  os.makedirs(workdir, exist_ok=True)
   mesh = data_parallel.create_mesh()
   console.say(f'devices: {jax.device_count()} ({jax.devices()[0].platform}) in '
               f'{jax.process_count()} process(es)')
   spec = prepare_data(config.data)
+  run_setup.check_split_sizes(config, spec)  # still nothing written into the workdir
+  run_setup.clear_retrained_stages(workdir, retrain)
+  os.makedirs(workdir, exist_ok=True)
   run_setup.write_workdir_description(config, spec, workdir)
   rng = jax.random.key(config.seed)
   mode = config.get('mode', 'explainer')

@@ -24,8 +24,9 @@ split, so one builder of ours, `FolderDataset`, serves both layouts: it decodes 
 into `data_dir/folder_dataset/<fingerprint>/`, where the fingerprint hashes the folder's listing
 (path, size and modification time of every file) and `validation_fraction`: a changed folder is
 prepared anew, never served stale. Before anything is written, every file is read and checked;
-bad input stops with one `UserError` naming the file (and the line of the list that names it).
-Nothing is ever written into DIR.
+bad input (also an empty class folder, a class without a training image) stops with one
+`UserError` naming the file (and the line of the list that names it). Nothing is ever written into
+DIR. One file past 400 lines: the layouts, their checks and the builder are one contract.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ class Listing:
 
 def read_listing(data_config) -> Listing:
   """The folder of `data_config.folder` listed and its lists parsed; raises `UserError` on a
-  missing root, an unknown layout, a bad list line, a missing file or an empty split."""
+  missing root, an unknown layout, a bad list line, a missing file, an empty split or class
+  folder, or a class without a training image."""
   config = data_config.get('folder', None) or default_folder_config()
   root = os.path.abspath(os.path.expanduser(config.root or ''))
   if not config.root:
@@ -117,6 +119,7 @@ def read_listing(data_config) -> Listing:
     from_train = 'validation' not in splits
     listing = Listing(root, layout, tuple(class_names), _cut_validation(splits, fraction, root)
                       if from_train else splits, fingerprint, from_train)
+    _check_every_class_trains(listing)
     if len(class_names) < 2 and not listing.multilabel:
       raise errors.UserError(f'{root}: one class only ({class_names[0]!r}); a single-label data '
                              'set needs two classes or more.')
@@ -229,6 +232,7 @@ def _read_subfolders(root: str) -> Tuple[List[str], Dict[str, Tuple[Row, ...]]]:
     if not os.path.isdir(split_dir):
       continue
     images = found[split] = []
+    empty = []
     for name in sorted(os.listdir(split_dir)):
       class_dir = os.path.join(split_dir, name)
       if not os.path.isdir(class_dir):
@@ -236,6 +240,7 @@ def _read_subfolders(root: str) -> Tuple[List[str], Dict[str, Tuple[Row, ...]]]:
           raise errors.UserError(f'{class_dir}: a file directly in {split}/; put each image into '
                                  'the subfolder named after its class.')
         continue
+      count = len(images)  # an empty class folder stops the run below
       for directory, folders, files in os.walk(class_dir):
         folders.sort()
         for file in sorted(files):
@@ -244,9 +249,13 @@ def _read_subfolders(root: str) -> Tuple[List[str], Dict[str, Tuple[Row, ...]]]:
             images.append((name, path))
           else:
             skipped.append(path)
+      empty += [class_dir] if len(images) == count else []
     if not images:
       raise errors.UserError(f'{split_dir}: the {split} split is empty (no images in its class '
                              'subfolders); add images or delete the folder.')
+    if empty:
+      raise errors.UserError(f'{empty[0]}: an empty class folder (no image by its extension); add '
+                             f'images of the class or delete the folder ({len(empty)} such).')
   if skipped:
     logging.warning('Skipped %d files that are not images by their extension, e.g. %s.',
                     len(skipped), skipped[0])
@@ -255,6 +264,20 @@ def _read_subfolders(root: str) -> Tuple[List[str], Dict[str, Tuple[Row, ...]]]:
   splits = {split: tuple(Row(image=path, labels=(index[name],), mask=None, where=path)
                          for name, path in images) for split, images in found.items()}
   return class_names, splits
+
+
+def _check_every_class_trains(listing: Listing) -> None:
+  """`UserError` when a class has no image in the train split: no classifier can learn it."""
+  trained = {label for row in listing.splits['train'] for label in row.labels}
+  for index, name in [(i, n) for i, n in enumerate(listing.class_names) if i not in trained]:
+    rows = [(split, row) for split, rows in listing.splits.items() for row in rows
+            if index in row.labels]
+    where = (os.path.dirname(rows[0][1].where) if listing.layout == 'subfolders' else
+             f'{os.path.join(listing.root, "classes.txt")}, line {index + 1}')
+    cut = (' (the validation cut took all of them)' if listing.validation_from_train
+           and any(split == 'validation' for split, _ in rows) else '')
+    raise errors.UserError(f'{where}: class {name!r} has no image in the train split{cut}; the '
+                           'classifier cannot learn it. Add training images of it or remove it.')
 
 
 def _cut_validation(splits, fraction: float, root: str) -> Dict[str, Tuple[Row, ...]]:
