@@ -105,3 +105,10 @@ def test_training_curves_mark_the_given_best_epoch():
 def test_training_curves_of_an_empty_history_draw_no_best():
   fig = viz.plot_training_curves({'classifier': []})
   assert not best_lines(fig.axes[0])
+
+
+def test_training_curves_of_one_epoch_have_integer_ticks_only():
+  fig = viz.plot_training_curves({'classifier': history([0.9]), 'explainer': history([1.0])})
+  for ax in fig.axes[:2]:
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks == [3.0], ticks

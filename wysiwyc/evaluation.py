@@ -195,8 +195,10 @@ def _report(config, spec, workdir: str, results: dict, figure_batch: Optional[di
   if 'note' in results:
     logging.warning('%s', results['note'])
   # Read by every process: orbax restores wait for all of them. Written by process 0 only.
-  histories = {stage: loop.stage_history(os.path.join(workdir, stage))
-               for stage in ('classifier', 'distill', 'explainer')}
+  records = {stage: loop.stage_record(os.path.join(workdir, stage))
+             for stage in ('classifier', 'distill', 'explainer')}
+  histories = {stage: history for stage, (history, _) in records.items()}
+  best_epochs = {stage: best for stage, (_, best) in records.items() if best is not None}
   results = {**results, 'provenance': provenance.describe(histories)}
   if jax.process_index() == 0:
     write_results(results, workdir, smoke=config.get('smoke', False))
@@ -204,7 +206,7 @@ def _report(config, spec, workdir: str, results: dict, figure_batch: Optional[di
       viz.save_figure(viz.plot_class_masks(**_figure_inputs(figure_batch, config,
                                                             spec.class_names)),
                       os.path.join(workdir, 'figures', 'masks.png'))
-    viz.save_figure(viz.plot_training_curves(histories),
+    viz.save_figure(viz.plot_training_curves(histories, best_epochs),
                     os.path.join(workdir, 'figures', 'training.png'))
   console.say(console.results_summary(results))
   logging.debug('Results:\n%s', results_markdown(results))

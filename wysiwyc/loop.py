@@ -6,7 +6,7 @@ import dataclasses
 import os
 import signal
 import time
-from typing import Callable, Dict, Iterator
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 from absl import logging
 import jax
@@ -257,3 +257,13 @@ def _restore_best(best, state: train_steps.TrainState, mesh: Mesh) -> train_step
 def stage_history(directory: str) -> list:
   meta = checkpointing.read_meta(os.path.join(directory, 'checkpoints'))
   return meta['history'] if meta else []
+
+
+def stage_record(directory: str) -> Tuple[list, Optional[int]]:
+  """(history, the epoch of the best checkpoint that `fit` kept, which `min_delta` decides; None
+  when none is known) of the stage in `directory`."""
+  meta = checkpointing.read_meta(os.path.join(directory, 'checkpoints'))
+  if not meta:
+    return [], None
+  best_epoch = meta.get('best_epoch', -1)
+  return meta['history'], best_epoch if best_epoch > 0 else None

@@ -87,7 +87,8 @@ def plot_training_curves(histories: Dict[str, List[dict]],
                          best_epochs: Optional[Dict[str, int]] = None) -> plt.Figure:
   """One panel per stage: train and validation loss over the training steps (one point per
   epoch), the validation IoU or accuracy if logged, and the best checkpoint: the epoch of
-  `best_epochs[stage]`, else the one with the lowest validation loss."""
+  `best_epochs[stage]` (the one the training loop kept, which its `min_delta` decides), else
+  the one with the lowest validation loss. Steps are ticked at integers only."""
   stages = [s for s, h in histories.items() if h] or list(histories)[:1]
   fig, axes = plt.subplots(1, max(len(stages), 1), figsize=(5 * max(len(stages), 1), 3.5),
                            squeeze=False)
@@ -103,6 +104,9 @@ def plot_training_curves(histories: Dict[str, List[dict]],
     ax.set_xlabel('training step')
     ax.set_ylabel('loss')
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if steps and max(steps) - min(steps) < 5:  # a short run: the locator would tick fractions
+      ax.set_xticks(sorted(set(steps)))
+      ax.set_xlim(min(steps) - 0.5, max(steps) + 0.5)
     ax.set_title(stage)
     secondary = [k for k in ('iou@0.5', 'accuracy') if history and k in history[0]['val']]
     if secondary:
