@@ -530,9 +530,11 @@ FINDINGS_HEADING = "**The paper's findings here:**"
 
 
 def _summary_lines(rows, results, settings) -> List[str]:
-  """What a page quotes of comparison.md (comparison_summary.md): what was compared, the table,
-  how to read it and the paper's findings, without the title and the settings."""
-  lines = [f'Workdir `{settings["workdir"]}`, {settings["num_images"]} test images '
+  """What a page quotes of comparison.md (comparison_summary.md): what was compared (the
+  workdir by its name, not by the folders of the machine that ran it), the table, how to read it
+  and the paper's findings, without the title and the settings."""
+  name = os.path.basename(os.path.normpath(settings['workdir']))
+  lines = [f'Workdir `{name}`, {settings["num_images"]} test images '
            f'({settings["num_pairs"]} (image, present class) pairs), '
            f'{settings["device"]}.', '',
            '| method | ' + ' | '.join(TABLE_COLUMNS) + ' |',

@@ -52,7 +52,8 @@ def test_writes_table_csv_json_and_figure(compared):
     assert f'| {method} |' in markdown
   assert "The paper's findings here" in markdown and 'Best iou@0.5' in markdown
   summary = open(os.path.join(out, 'comparison_summary.md')).read()
-  assert summary.startswith('Workdir `') and '## Settings' not in summary
+  # The workdir by its name: pages quote the summary, not the folders of the run that made it.
+  assert summary.startswith('Workdir `w`, 3 test images') and '## Settings' not in summary
   assert "**The paper's findings here:**" in summary and f'| {METHODS[0]} |' in summary
   table = [line for line in summary.splitlines() if line.startswith('|')]
   assert len(table) == len(METHODS) + 2 and all(line in markdown for line in table)

@@ -110,3 +110,49 @@ def test_pages_do_not_point_at_the_trackers_history(page):
   text = read(page)
   found = re.findall(r'\bissues?\s*#?\d+|(?<![\w`])#\d+\b|\bseed 00\d\b', text, re.IGNORECASE)
   assert not found, f'{os.path.relpath(page, REPO)}: {found}'
+
+
+# A run's temporary folder: /tmp/..., /var/tmp/..., macOS's /private/var/folders/..., pytest's.
+TEMPORARY_PATH = re.compile(r'(?<![\w.~-])/(?:var/)?tmp/|/private/var/folders/|pytest-of-')
+
+
+@pytest.mark.parametrize('page', PAGES, ids=lambda page: os.path.relpath(page, REPO))
+def test_pages_name_no_temporary_run_path(page):
+  """A page describes what a reader runs and gets, not the folders of the run that made it."""
+  found = [f'line {number}: {line.strip()}' for number, line in
+           enumerate(read(page).splitlines(), start=1) if TEMPORARY_PATH.search(line)]
+  assert not found, f'{os.path.relpath(page, REPO)}: ' + '; '.join(found)
+
+
+def test_temporary_path_pattern():
+  for text in ('--workdir=/tmp/w', 'Workdir `/tmp/exp/default`', '/var/tmp/x', 'pytest-of-me/'):
+    assert TEMPORARY_PATH.search(text), text
+  for text in ('workdirs/tmp/x', '~/tmp/x', '/mnt/shared/voc', 'W/tmp/'):
+    assert not TEMPORARY_PATH.search(text), text
+
+
+def generated_row(page: str, block: str, row: str) -> dict:
+  """{column: cell} of a row of a page's generated table `<!-- begin block -->`."""
+  text = read(os.path.join(REPO, page)).split(f'<!-- begin {block} -->')[1].split(
+      f'<!-- end {block} -->')[0]
+  lines = [line for line in text.splitlines() if line.startswith('|')]
+  header = [cell.strip() for cell in lines[0].strip('|').split('|')]
+  for line in lines[2:]:
+    cells = [cell.strip() for cell in line.strip('|').split('|')]
+    if cells[0] == row:
+      return dict(zip(header, cells))
+  raise AssertionError(f'{page}: no row {row!r} in block {block!r}')
+
+
+def test_readme_prose_numbers_agree_with_its_generated_tables():
+  """The README's sentences quote its tables: the Explainer's time per image (comparison) and
+  a good run's iou@0.5 and other/own (the seeds' mean, at the sentence's precision)."""
+  readme = ' '.join(read(os.path.join(REPO, 'README.md')).split())
+  seconds = generated_row('README.md', 'comparison', 'explainer')['seconds_per_image']
+  assert f"against the Explainer's {seconds} s" in readme
+  mean = generated_row('README.md', 'seeds', 'mean')
+  iou, ratio = re.search(r'`iou@0.5` near (\d\.\d+) .* `other / own` near (\d\.\d+)',
+                         readme).groups()
+  for quoted, value in ((iou, mean['iou@0.5']), (ratio, mean['specificity_other_over_own'])):
+    half_digit = 0.5 * 10 ** -(len(quoted) - 2)  # 'near 0.08' covers 0.075 to 0.085
+    assert abs(float(value) - float(quoted)) <= half_digit + 1e-9, (quoted, value)
