@@ -26,7 +26,8 @@ into `data_dir/folder_dataset/<fingerprint>/`, where the fingerprint hashes the 
 prepared anew, never served stale. Before anything is written, every file is read and checked;
 bad input (also an empty class folder, a class without a training image) stops with one
 `UserError` naming the file (and the line of the list that names it). Nothing is ever written into
-DIR. One file past 400 lines: the layouts, their checks and the builder are one contract.
+DIR.
+Longer than 400 lines because the two layouts, their checks and the builder are one contract.
 """
 
 from __future__ import annotations
