@@ -13,7 +13,8 @@ evaluation), figures. `wysiwyc.explain.load(W)` then explains new images.
 
 Images of any size are resized to data.image_size (64) squares. The networks are those of
 configs/synthetic.py: a small CNN classifier and U-Net Explainer that suit 64x64 images and a few
-thousand of them on a CPU.
+thousand of them on a CPU. `configs/folder.py:resnet` or `:mixer` train a classifier of another
+family (a small residual network, an MLP-Mixer) instead of the CNN.
 
 Tiny run for tests and a first look (32x32, a few steps):
 
@@ -28,7 +29,7 @@ import ml_collections
 
 from wysiwyc.data import folder
 
-VARIANTS = ('smoke',)
+VARIANTS = ('smoke', 'resnet', 'mixer')  # the last two: configs/synthetic.py's classifier families
 
 
 def _synthetic_config_module():
@@ -41,13 +42,15 @@ def _synthetic_config_module():
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  """Returns the config; `arg` is '' or 'smoke'."""
+  """Returns the config; `arg` is '' or a comma-separated list of `VARIANTS`."""
   variants = list(filter(None, arg.split(',')))
   for variant in variants:
     if variant not in VARIANTS:
       raise ValueError(f'Unknown config variant {variant!r}; choose from {list(VARIANTS)}.')
   synthetic = _synthetic_config_module()
-  config = synthetic.get_config(arg)  # 'smoke' shrinks the images, networks and stages
+  # 'smoke' shrinks the images, networks and stages; 'resnet' or 'mixer' choose the classifier.
+  config = synthetic.get_config(arg)
+  simple_cnn = config.classifier.name == 'simple_cnn'
   config.data.name = 'folder'
   del config.data['synthetic']
   config.data.folder = folder.default_folder_config()
@@ -58,8 +61,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # the SimpleCNN's shapes), its decoder from random weights: the analog of the authors' start
   # from a backbone trained to classify, with no pretraining made for one data set (the shipped
   # start knows only the shapes). With a classifier of another architecture, set
-  # explainer.init_from='' (random weights).
-  config.explainer.init_from = 'classifier'
+  # explainer.init_from='' (random weights), as the `resnet` and `mixer` variants do.
+  if simple_cnn:
+    config.explainer.init_from = 'classifier'
   # Not in the paper: one more classifier pass per step, on the image kept by one target class's
   # own mask, classified against that class alone (losses.explainer_loss). From the classifier's
   # convolutions, it is what pulls the class channels apart: other/own 0.145 against 0.725 with
@@ -79,8 +83,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # part), and the average learns it faster than the synthetic classifier's max. Validation
   # per-class accuracy after 20 epochs on textures (experiments/make_texture_folder.py, a draw
   # with objects of 20-40% of the side): max pooling 0.789, average 0.837; with lr 3e-3 0.862;
-  # and batches of 32 0.878.
-  config.classifier.kwargs.pooling = 'avg'
+  # and batches of 32 0.878. (The other families pool by the average anyway.)
+  if simple_cnn:
+    config.classifier.kwargs.pooling = 'avg'
   if 'smoke' not in variants:
     # The folder's size is not known here: decay_steps=0 stretches the cosine decay over the
     # stage's real length (num_epochs epochs of the training split).

@@ -14,8 +14,16 @@ Tiny run for tests and a first look (under a minute on 2 CPU cores):
 
   python -m wysiwyc.main --config=configs/synthetic.py:smoke --workdir=/tmp/smoke
 
+Another family of classifier, trained from scratch with the zoo entries' recipe (`resnet` or
+`mixer`, CLASSIFIER_FAMILIES below; they compose with `smoke` in any order):
+
+  python experiments/train_zoo_classifier.py --config=configs/synthetic.py:scratch,resnet \
+      --workdir=/tmp/cls_resnet --output_dir=/tmp/cls_resnet
+
 Override any field on the command line, e.g. `--config.explainer.train.num_epochs=3`.
 """
+
+import functools
 
 import ml_collections
 
@@ -121,10 +129,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.distributed.process_id = -1
   config.distributed.cpu_collectives = ''
 
-  for variant in filter(None, arg.split(',')):
+  variants = list(filter(None, arg.split(',')))
+  for variant in variants:
     if variant not in VARIANTS:
       raise ValueError(f'Unknown config variant {variant!r}; choose from {sorted(VARIANTS)}, '
                        "comma-separated (e.g. 'smoke,rts').")
+  # The classifier families go last, whatever their place in `arg`: they replace the classifier
+  # that the other variants set up, and shrink it when `smoke` is among them.
+  for variant in sorted(variants, key=lambda variant: variant in CLASSIFIER_FAMILIES):
     VARIANTS[variant](config)
   return config
 
@@ -245,6 +257,36 @@ def apply_shortcut_control(config: ml_collections.ConfigDict) -> None:
   config.classifier.checkpoint = 'zoo:synthetic_shortcut_control_cnn'
 
 
+# Classifiers of other families than the SimpleCNN (wysiwyc/models/classifiers.py), each with
+# the defaults of its variant. CPU seconds per classifier training step at batch 64, 64 px, on the
+# shared 2-core machine (experiments/bench_steps.py): simple_cnn 0.12-0.16, resnet 0.14, mixer
+# 0.17; per Explainer step (batch 32) with each of them: 0.32, 0.32, 0.38-0.40.
+CLASSIFIER_FAMILIES = {
+    # 3 stages of one basic block each, widths 16/32/64 at 32/16/8 px (after a space-to-depth
+    # stem), global average pooling.
+    'resnet': {'width': 16, 'depth': 3, 'blocks': 1},
+    # 8x8 patches (64 tokens at 64 px, 16 at 32 px), 4 blocks 64 wide.
+    'mixer': {'width': 64, 'depth': 4, 'patch': 8, 'token_mlp_ratio': 1.0, 'mlp_ratio': 4.0},
+}
+
+
+def apply_classifier_family(config: ml_collections.ConfigDict, name: str) -> None:
+  """The classifier `name` of `CLASSIFIER_FAMILIES` with its defaults (8 wide, 2 deep with
+  `smoke`), trained from scratch: the shipped zoo entries are SimpleCNNs. Add `scratch` for the
+  zoo entries' recipe, or give a trained one with --config.classifier.checkpoint=WORKDIR."""
+  config.classifier.name = name
+  config.classifier.kwargs = ml_collections.ConfigDict(dict(CLASSIFIER_FAMILIES[name]))
+  if config.get('smoke', False):
+    config.classifier.kwargs.width = 8
+    config.classifier.kwargs.depth = 2
+  config.classifier.checkpoint = ''
+  # Not 'classifier' (that copies a SimpleCNN's convolutions into the U-Net's encoder) nor the
+  # shipped start (pretrained on the shapes): random weights until the black-box start lands.
+  config.explainer.init_from = ''
+
+
 VARIANTS = {'smoke': apply_smoke, 'rts': apply_real_time_saliency, 'scratch': apply_scratch,
             'classifier_start': apply_classifier_start, 'natural': apply_natural,
-            'shortcut': apply_shortcut, 'shortcut_control': apply_shortcut_control}
+            'shortcut': apply_shortcut, 'shortcut_control': apply_shortcut_control,
+            'resnet': functools.partial(apply_classifier_family, name='resnet'),
+            'mixer': functools.partial(apply_classifier_family, name='mixer')}

@@ -1,5 +1,8 @@
 """Tests of the Flax modules: shapes, and the hand-written ops against the stock Flax ones."""
 
+import functools
+
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -193,3 +196,87 @@ def test_guided_upsampling_puts_the_edge_where_the_full_resolution_guide_has_it(
   assert out.shape == (1, 16, 16, 1)
   assert np.all(out[0, :, :7, 0] < 0) and np.all(out[0, :, 7:, 0] > 0)
   assert bilinear[0, 0, 7, 0] < 0  # bilinear upsampling keeps the source grid's edge
+
+
+# ------------------------------------------------------------------ other classifier families
+
+FAMILY_KWARGS = {'resnet': dict(width=4, depth=3, blocks=1), 'mixer': dict(width=8, depth=1)}
+
+
+def _cheap_key(seed: int) -> jax.Array:
+  """A key whose random draws compile fast: XLA takes ~5x as long (seconds) to compile a
+  model's initializers on threefry keys as on 'rbg' keys."""
+  return jax.random.key(seed, impl='rbg')
+
+
+def _outputs(model, x):
+  """Variables, logits, features, and logits from the features of `model` on `x`, in one jitted
+  program (eager Flax compiles every op for each new shape: slower here)."""
+  def run(x):
+    variables = model.init(_cheap_key(1), x)
+    features = model.apply(variables, x, method=model.features)
+    return (variables, model.apply(variables, x), features,
+            model.apply(variables, features, method=model.logits_from_features))
+  return jax.jit(run)(x)
+
+
+@pytest.mark.parametrize('name', sorted(FAMILY_KWARGS))
+@pytest.mark.parametrize('size', [32, 64])
+def test_family_gives_finite_float32_logits_and_splits_for_grad_cam(name, size):
+  model = classifiers.build(name, 5, **FAMILY_KWARGS[name])
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+  _, logits, feats, head_logits = _outputs(model, x)
+  assert logits.shape == (2, 5) and logits.dtype == jnp.float32
+  assert np.all(np.isfinite(logits))
+  assert not np.allclose(logits[0], logits[1])  # the images are read
+  assert feats.shape[:3] == (2, size // 8, size // 8)
+  np.testing.assert_allclose(head_logits, logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', sorted(FAMILY_KWARGS))
+def test_family_computes_in_bfloat16_and_returns_float32_logits(name):
+  x = jax.random.normal(jax.random.key(0), (2, 36, 36, 3))
+  model = classifiers.build(name, 5, dtype=jnp.bfloat16, **FAMILY_KWARGS[name])
+  variables, logits, feats, _ = _outputs(model, x)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables['params']))
+  assert feats.dtype == jnp.bfloat16
+  assert feats.shape[:3] == (2, 5, 5)  # 36 px padded to 40
+  assert logits.dtype == jnp.float32 and np.all(np.isfinite(logits))
+  full = jax.jit(classifiers.build(name, 5, **FAMILY_KWARGS[name]).apply)(variables, x)
+  np.testing.assert_allclose(logits, full, rtol=0.1, atol=0.1)
+
+
+def test_mixer_has_no_convolutions():
+  model = classifiers.build('mixer', 3, width=8, depth=1)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  kernels = [leaf.shape for path, leaf in
+             flax.traverse_util.flatten_dict(shapes['params']).items() if path[-1] == 'kernel']
+  assert kernels and all(len(shape) == 2 for shape in kernels), kernels
+  assert shapes['params']['embed']['kernel'].shape == (8 * 8 * 3, 8)
+
+
+@pytest.mark.parametrize('arg', ['smoke,resnet', 'mixer,smoke'])
+def test_family_smoke_config_trains_a_classifier_step(arg):
+  """The config variant's classifier, its optimizer and the classifier train step, on a fixed
+  random batch: the loss falls and every parameter moves."""
+  from tests import conftest  # pylint: disable=g-import-not-at-top
+  from wysiwyc import train_steps  # pylint: disable=g-import-not-at-top
+  config = conftest.load_config('synthetic', arg)
+  assert config.classifier.name == arg.replace('smoke', '').strip(',')
+  size, num_classes = config.data.image_size, config.data.synthetic.num_classes
+  model = classifiers.build(config.classifier.name, num_classes, **config.classifier.kwargs)
+  tx = train_steps.make_optimizer(config.classifier.train)
+  state = jax.jit(lambda rng: train_steps.init_state(model, tx, rng, size))(_cheap_key(0))
+  start = state.params
+  step = jax.jit(train_steps.make_classifier_train_step(model, tx, multilabel=True))
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.normal(size=(16, size, size, 3)).astype(np.float32),
+           'labels': (rng.random((16, num_classes)) < 0.3).astype(np.float32)}
+  losses = []
+  for _ in range(4):
+    state, metrics = step(state, batch, jax.random.key(1))
+    losses.append(float(metrics['loss']))
+  assert int(state.step) == 4 and np.all(np.isfinite(losses))
+  assert losses[-1] < losses[0], losses
+  moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), start, state.params)
+  assert all(jax.tree.leaves(moved)), moved

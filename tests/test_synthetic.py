@@ -7,6 +7,7 @@ import json
 import os
 
 import flax
+import jax
 import numpy as np
 import pytest
 import scipy.ndimage
@@ -274,6 +275,36 @@ def test_classifier_start_variant_changes_the_start_and_the_single_class_term_on
   folder = folder_configs.get_config('')
   assert (variant['explainer.init_from'], variant['loss.lambda_single']) == (
       folder.explainer.init_from, folder.loss.lambda_single)  # the folder config's recipe
+
+
+def test_classifier_family_variants_compose_with_smoke_and_scratch_in_any_order():
+  from configs import folder as folder_configs  # pylint: disable=g-import-not-at-top
+  from configs import synthetic as synthetic_configs  # pylint: disable=g-import-not-at-top
+  from wysiwyc.models import classifiers  # pylint: disable=g-import-not-at-top
+  flat = lambda config: flax.traverse_util.flatten_dict(config.to_dict(), sep='.')
+  assert set(synthetic_configs.CLASSIFIER_FAMILIES) == {'resnet', 'mixer'} <= set(
+      synthetic_configs.VARIANTS)
+  scratch = synthetic_configs.get_config('scratch')
+  for family, kwargs in synthetic_configs.CLASSIFIER_FAMILIES.items():
+    config = synthetic_configs.get_config(f'scratch,{family}')
+    assert flat(config) == flat(synthetic_configs.get_config(f'{family},scratch'))
+    assert (config.classifier.name, config.classifier.kwargs.to_dict()) == (family, kwargs)
+    assert config.classifier.checkpoint == '' and config.explainer.init_from != 'classifier'
+    assert config.classifier.train == scratch.classifier.train  # the zoo entries' recipe
+    smoke = synthetic_configs.get_config(f'smoke,{family}')
+    assert flat(smoke) == flat(synthetic_configs.get_config(f'{family},smoke'))
+    assert (smoke.classifier.kwargs.width, smoke.classifier.kwargs.depth) == (8, 2)
+    assert smoke.data.image_size == 32
+    for variant in (config, smoke):  # the kwargs are the module's
+      size = variant.data.image_size
+      jax.eval_shape(classifiers.build(family, 6, **variant.classifier.kwargs).init,
+                     jax.random.key(0), jax.numpy.zeros((1, size, size, 3)))
+    folder = folder_configs.get_config(family)
+    assert folder.classifier.name == family and 'pooling' not in folder.classifier.kwargs
+    assert folder.explainer.init_from != 'classifier'
+    assert flat(folder_configs.get_config(f'smoke,{family}')) == flat(
+        folder_configs.get_config(f'{family},smoke'))
+  assert folder_configs.get_config('').explainer.init_from == 'classifier'  # the SimpleCNN's
 
 
 @pytest.mark.parametrize('bad', [dict(object_texture=1.5), dict(object_texture=-0.1),

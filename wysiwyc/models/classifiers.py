@@ -6,8 +6,13 @@ baselines (Grad-CAM) split them at the last convolutional layer.
 
 Register your own model with `@register('my_model')` on a factory `(num_classes, **kwargs) ->
 nn.Module`, or name it in a config as `'my_package.my_module:make_model'` without registering.
+
+Registered families, each small enough to train on the synthetic shapes on a CPU: 'simple_cnn'
+(VGG-like), 'resnet' (residual, batch norm, global average pooling) and 'mixer' (MLP-Mixer:
+patches, no convolutional feature hierarchy); the test bench of a black-box Explainer.
 """
 
+import functools
 import importlib
 from typing import Callable, Dict, Optional
 
@@ -99,3 +104,145 @@ class SimpleCNN(nn.Module):
 @register('simple_cnn')
 def simple_cnn(num_classes: int, **kwargs) -> nn.Module:
   return SimpleCNN(num_classes=num_classes, **kwargs)
+
+
+class ResidualBlock(nn.Module):
+  """A basic residual block (He et al. 2016): two 3x3 convolutions with batch norm, the second's
+  scale starting at zero (the block starts as the identity), and a 1x1 projection shortcut
+  when the width changes."""
+  features: int
+  dtype: Optional[jnp.dtype] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             dtype=self.dtype)
+    y = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(x)
+    y = nn.relu(norm()(y))
+    y = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(y)
+    y = norm(scale_init=nn.initializers.zeros)(y)
+    if x.shape[-1] != self.features:
+      x = norm()(nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype)(x))
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """A small residual network: a space-to-depth stem (2x2 pixels into channels) and a 3x3
+  convolution, `depth` stages of `blocks` residual blocks of widths `width`, 2*width, 4*width..,
+  global average pooling and a linear head.
+
+  Each stage after the first halves the resolution by 2x2 average pooling first (as ResNet-D's
+  shortcuts do): on CPU, XLA's gradients of strided convolutions take ~3x as long as a pooling
+  plus a stride-1 convolution (DESIGN.md section 3).
+  """
+  num_classes: int
+  width: int = 16
+  depth: int = 3
+  blocks: int = 1
+  dtype: Optional[jnp.dtype] = None
+
+  def setup(self):
+    self.stem = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)
+    self.stem_norm = nn.BatchNorm(momentum=0.9, dtype=self.dtype)
+    self.stages = [[ResidualBlock(self.width * 2 ** i, self.dtype) for _ in range(self.blocks)]
+                   for i in range(self.depth)]
+    self.head = nn.Dense(self.num_classes, dtype=self.dtype)
+
+  def features(self, images, train: bool = False):
+    """Last stage's feature map (B,h,w,F): 1/2^depth of the input side."""
+    chex.assert_rank(images, 4)
+    # Sides that the stem and the poolings cannot halve are padded by reflection.
+    x = layers.space_to_depth_2x(layers.pad_to_multiple(images, 2 ** self.depth))
+    x = nn.relu(self.stem_norm(self.stem(x), use_running_average=not train))
+    for i, stage in enumerate(self.stages):
+      if i:
+        b, h, w, c = x.shape
+        x = x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+      for block in stage:
+        x = block(x, train)
+    return x
+
+  def logits_from_features(self, features, train: bool = False):
+    del train  # no dropout
+    return self.head(features.mean(axis=(1, 2))).astype(jnp.float32)
+
+  def __call__(self, images, train: bool = False):
+    logits = self.logits_from_features(self.features(images, train), train)
+    chex.assert_shape(logits, (images.shape[0], self.num_classes))
+    return logits
+
+
+@register('resnet')
+def resnet(num_classes: int, **kwargs) -> nn.Module:
+  return ResNet(num_classes=num_classes, **kwargs)
+
+
+class MixerBlock(nn.Module):
+  """One MLP-Mixer block (Tolstikhin et al. 2021): a token-mixing MLP across the patches, then
+  a channel-mixing MLP within each patch, each after layer norm with a residual connection."""
+  token_mlp_dim: int
+  channel_mlp_dim: int
+  dtype: Optional[jnp.dtype] = None
+
+  @nn.compact
+  def __call__(self, x):  # (B,N,C)
+    y = nn.LayerNorm(dtype=self.dtype)(x).swapaxes(1, 2)  # (B,C,N)
+    y = nn.Dense(self.token_mlp_dim, dtype=self.dtype)(y)
+    y = nn.Dense(x.shape[1], dtype=self.dtype)(nn.gelu(y))
+    x = x + y.swapaxes(1, 2)
+    y = nn.Dense(self.channel_mlp_dim, dtype=self.dtype)(nn.LayerNorm(dtype=self.dtype)(x))
+    return x + nn.Dense(x.shape[2], dtype=self.dtype)(nn.gelu(y))
+
+
+class Mixer(nn.Module):
+  """A small MLP-Mixer: non-overlapping `patch` x `patch` patches, each flattened and embedded
+  by a Dense layer to `width` channels, `depth` Mixer blocks (token MLP `token_mlp_ratio` *
+  width wide, channel MLP `mlp_ratio` * width), layer norm, the mean over the patches, a linear
+  head. No convolutions and no feature hierarchy: every block works at the patch grid.
+
+  The token-mixing weights depend on the number of patches, so a model serves one image size;
+  sides that the patch does not divide are padded by reflection.
+  """
+  num_classes: int
+  width: int = 64
+  depth: int = 4
+  patch: int = 8
+  token_mlp_ratio: float = 1.0
+  mlp_ratio: float = 4.0
+  dtype: Optional[jnp.dtype] = None
+
+  def setup(self):
+    self.embed = nn.Dense(self.width, dtype=self.dtype)
+    self.blocks = [MixerBlock(max(int(self.width * self.token_mlp_ratio), 1),
+                              max(int(self.width * self.mlp_ratio), 1), self.dtype)
+                   for _ in range(self.depth)]
+    self.norm = nn.LayerNorm(dtype=self.dtype)
+    self.head = nn.Dense(self.num_classes, dtype=self.dtype)
+
+  def features(self, images, train: bool = False):
+    """The patches' final embeddings on their grid (B,H/patch,W/patch,width), what Grad-CAM
+    splits at."""
+    del train  # no batch norm, no dropout
+    chex.assert_rank(images, 4)
+    x = layers.pad_to_multiple(images, self.patch)
+    b, h, w, c = x.shape
+    p = self.patch
+    x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    x = self.embed(x.reshape(b, (h // p) * (w // p), p * p * c))
+    for block in self.blocks:
+      x = block(x)
+    return self.norm(x).reshape(b, h // p, w // p, self.width)
+
+  def logits_from_features(self, features, train: bool = False):
+    del train
+    return self.head(features.mean(axis=(1, 2))).astype(jnp.float32)
+
+  def __call__(self, images, train: bool = False):
+    logits = self.logits_from_features(self.features(images, train), train)
+    chex.assert_shape(logits, (images.shape[0], self.num_classes))
+    return logits
+
+
+@register('mixer')
+def mixer(num_classes: int, **kwargs) -> nn.Module:
+  return Mixer(num_classes=num_classes, **kwargs)
