@@ -73,10 +73,12 @@ def test_stage_fields_and_changed_settings():
   current['classifier']['kwargs'] = {'width': 4}
   current['explainer']['distill']['new_field'] = 3
   assert run_setup.changed_settings(previous, current, 'classifier') == [
-      ('classifier.kwargs', {}, '(absent)'), ('classifier.kwargs.width', '(absent)', 4)]
+      ('classifier.kwargs', {}, run_setup.ABSENT), ('classifier.kwargs.width', run_setup.ABSENT, 4)]
   assert [f for f, _, _ in run_setup.changed_settings(previous, current, 'explainer')] == [
       'classifier.kwargs', 'classifier.kwargs.width', 'explainer.distill.new_field',
       'loss.lambda_tv']
+  assert run_setup.changed_settings({'mode': 'self_explainer'}, {}, 'classifier') == [
+      ('mode', 'self_explainer', run_setup.ABSENT)]
   with pytest.raises(errors.UserError, match='choose one of classifier, explainer'):
     run_setup.retrained_stages('explaner')
   assert run_setup.retrained_stages('classifier') == ('classifier', 'explainer')

@@ -35,6 +35,10 @@ _NOT_TRAINING = ('eval', 'log_every_steps', 'smoke', 'distributed', 'weights_dir
 _NOT_TRAINING_LEAVES = ('checkpoint_every_steps',)
 
 
+# What `changed_settings` gives for a field that only one of the two configs has.
+ABSENT = '(absent)'
+
+
 def _lookup(config_dict: dict, dotted: str):
   for key in dotted.split('.'):
     config_dict = config_dict.get(key, {}) if isinstance(config_dict, dict) else {}
@@ -70,9 +74,8 @@ def changed_settings(previous: dict, current: dict, stage: str) -> list:
   dicts); a field that only one of them has differs too (shown as '(absent)')."""
   old, new = _flatten(previous), _flatten(current)
   fields = sorted(set(stage_fields(stage, old)) | set(stage_fields(stage, new)))
-  absent = '(absent)'
-  return [(f, old.get(f, absent), new.get(f, absent)) for f in fields
-          if old.get(f, absent) != new.get(f, absent)]
+  return [(f, old.get(f, ABSENT), new.get(f, ABSENT)) for f in fields
+          if old.get(f, ABSENT) != new.get(f, ABSENT)]
 
 
 def present_stages(workdir: str) -> list:
@@ -151,8 +154,8 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str,
       if field not in {f for f, _, _ in shown}:
         shown.append((field, old, new))
   stages = ' and '.join(STAGES[STAGES.index(first):])
-  lines = '\n'.join(f'  {field}: {json.dumps(old)} -> {json.dumps(new)}'
-                     for field, old, new in shown)
+  show = lambda value: value if value == ABSENT else json.dumps(value)
+  lines = '\n'.join(f'  {field}: {show(old)} -> {show(new)}' for field, old, new in shown)
   raise errors.UserError(
       f'{workdir} holds the {" and ".join(changes)} trained with other settings than this '
       f'config\'s:\n{lines}\nNothing was written. Use a new --workdir for these settings, or '
