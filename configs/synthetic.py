@@ -81,6 +81,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # classifier, experiments/train_zoo_explainer.py). From random weights every class channel
   # learns the same objectness map (class specificity other/own 0.94; docs/synthetic.md).
   config.explainer.init_from = 'zoo:synthetic_shapes_unet'
+  # The black-box start (explainer.init_from='distill', the `blackbox` variant): before the
+  # Explainer, a SimpleCNN with the shapes of its encoder learns the classifier's soft predictions
+  # on the training images (only calls of the classifier), and its convolutions become the
+  # encoder. Its optimizer and step budget; `pooling` is the student's global pooling.
+  config.explainer.distill = train_config(learning_rate=3e-3, batch_size=64, num_epochs=1000,
+                                          max_steps=1500, patience=1000, schedule='cosine',
+                                          warmup_steps=100, decay_steps=0)
+  config.explainer.distill.pooling = 'max'
   # The paper's Adam lr of 1e-5 is for 10k+ VOC steps from a large network; from scratch on a
   # small one, 1e-3 with cosine decay over the step budget converges within it. 750 steps: with
   # the guided upsampling the masks are best by then (validation iou@0.5 peaks at ~750 of 1500
@@ -116,6 +124,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # pooled_sharpness) classifies the labels (losses.pooled_class_loss), the self-explainer's signal.
   config.loss.lambda_pooled = 0.0
   config.loss.pooled_sharpness = 1.0
+  # NOT in the paper (False = off): the classifier sees the images masked by the masks thresholded
+  # at 0.5, with a straight-through gradient (losses.explainer_loss), so that a classifier which
+  # normalizes each image cannot read a faint mask's image as the whole image.
+  config.loss.binary_masks = False
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64
@@ -184,6 +196,8 @@ def apply_smoke(config: ml_collections.ConfigDict) -> None:
   config.explainer.train.batch_size = 16
   config.explainer.train.num_epochs = 2
   config.explainer.train.schedule = 'constant'
+  config.explainer.distill.batch_size = 16
+  config.explainer.distill.max_steps = 4
   config.eval.batch_size = 16
   config.eval.num_figure_images = 3
 
@@ -211,6 +225,14 @@ def apply_classifier_start(config: ml_collections.ConfigDict) -> None:
   the paper's loss pulls the class channels apart (configs/folder.py's recipe; over 3 seeds in
   docs/synthetic.md, Ablations)."""
   config.explainer.init_from = 'classifier'
+  config.loss.lambda_single = 0.3
+
+
+def apply_blackbox(config: ml_collections.ConfigDict) -> None:
+  """The Explainer of any classifier: the black-box start (a student distilled from the
+  classifier's predictions gives the encoder) with the single-class term (weight 0.3) beside the
+  paper's loss (docs/any_classifier.md)."""
+  config.explainer.init_from = 'distill'
   config.loss.lambda_single = 0.3
 
 
@@ -281,12 +303,13 @@ def apply_classifier_family(config: ml_collections.ConfigDict, name: str) -> Non
     config.classifier.kwargs.depth = 2
   config.classifier.checkpoint = ''
   # Not 'classifier' (that copies a SimpleCNN's convolutions into the U-Net's encoder) nor the
-  # shipped start (pretrained on the shapes): random weights until the black-box start lands.
-  config.explainer.init_from = ''
+  # shipped start (pretrained on the shapes): the black-box start, which only calls the classifier.
+  apply_blackbox(config)
 
 
 VARIANTS = {'smoke': apply_smoke, 'rts': apply_real_time_saliency, 'scratch': apply_scratch,
-            'classifier_start': apply_classifier_start, 'natural': apply_natural,
+            'classifier_start': apply_classifier_start, 'blackbox': apply_blackbox,
+            'natural': apply_natural,
             'shortcut': apply_shortcut, 'shortcut_control': apply_shortcut_control,
             'resnet': functools.partial(apply_classifier_family, name='resnet'),
             'mixer': functools.partial(apply_classifier_family, name='mixer')}

@@ -709,3 +709,52 @@ def test_self_explainer_loss_zero_weights_and_jit():
   eager = loss(params, {})
   np.testing.assert_allclose(jax.jit(loss)(params, {}), eager, **TOL)
   assert_finite_tree(grad_fn(params, {}))
+
+
+def test_binary_masks_show_the_classifier_thresholded_masks_with_the_soft_gradient():
+  segmentations = jax.random.normal(jax.random.key(0), (2, 8, 8, 3)) * 3.0
+  images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+  targets = jnp.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+  seen = []
+
+  def classify(batch):
+    seen.append(batch)
+    return batch.mean(axis=(1, 2))
+
+  losses.explainer_loss(segmentations, images, targets, classify, binary_masks=True,
+                        lambda_single=0.5)
+  target_mask, _ = losses.extract_masks(segmentations, targets)
+  kept, dropped, _ = jnp.split(seen[-1], 3)
+  hard = (target_mask > 0.5)[..., None]
+  np.testing.assert_allclose(kept, jnp.where(hard, images, 0.0))
+  np.testing.assert_allclose(dropped, jnp.where(hard, 0.0, images))
+  # The gradient reaches the segmentations as through the soft masks (straight through).
+  mask = jax.nn.sigmoid(segmentations[..., 0])
+  np.testing.assert_allclose(jax.grad(lambda m: losses.straight_through_binary(m).sum())(mask),
+                             1.0)
+  grads = jax.grad(lambda s: losses.explainer_loss(s, images, targets, classify,
+                                                   binary_masks=True)[0])(segmentations)
+  assert np.all(np.isfinite(grads)) and np.any(grads != 0)
+
+
+def test_binary_masks_stop_a_scale_invariant_classifier_reading_a_faint_mask_as_the_image():
+  colours = jnp.array([[1.0, -1.0, 0.5], [-1.0, 1.0, -0.5]])[:, None, None]
+  images = 0.3 * jax.random.normal(jax.random.key(2), (2, 8, 8, 3)) + colours
+  weights = jnp.array([[1.0, -1.0], [-1.0, 1.0], [0.0, 0.0]])  # image i shows class i
+
+  def classify(batch):  # normalizes each image first, as per-image normalization layers do
+    flat = batch.reshape(batch.shape[0], -1)
+    normalized = flat / (jnp.linalg.norm(flat, axis=-1, keepdims=True) + 1e-6)
+    return 300.0 * normalized.reshape(batch.shape).mean(axis=(1, 2)) @ weights
+
+  targets = jnp.eye(2)
+
+  faint = jnp.full((2, 8, 8, 2), -3.0)  # sigmoid(-3) = 0.047 everywhere
+  soft = losses.explainer_loss(faint, images, targets, classify)[1]['classification']
+  full = losses.explainer_loss(jnp.full((2, 8, 8, 2), 9.0), images, targets,
+                               classify)[1]['classification']
+  binary = losses.explainer_loss(faint, images, targets, classify,
+                                 binary_masks=True)[1]['classification']
+  assert full < 0.3
+  np.testing.assert_allclose(soft, full, rtol=1e-3)  # the faint mask keeps the whole image
+  assert binary > soft + 0.3  # the binary mask keeps nothing of it

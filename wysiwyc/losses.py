@@ -168,33 +168,52 @@ def pooled_class_loss(segmentations: Array, targets: Array, sharpness: float = 1
   return classification_loss(pooled, targets.astype(jnp.float32), multilabel)
 
 
+def distillation_loss(student_logits: Array, teacher_logits: Array,
+                      multilabel: bool = True) -> Array:
+  """Cross-entropy of the student's predictions against the teacher's soft predictions: mean
+  sigmoid BCE against sigmoid(teacher) (multi-label), or softmax CE against softmax(teacher).
+  The black-box start's objective (`stages.distill_stage`); NOT in the paper."""
+  chex.assert_equal_shape([student_logits, teacher_logits])
+  teacher_logits = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
+  if multilabel:
+    soft_targets = jax.nn.sigmoid(teacher_logits)
+    return optax.sigmoid_binary_cross_entropy(student_logits, soft_targets).mean()
+  return optax.softmax_cross_entropy(student_logits, jax.nn.softmax(teacher_logits)).mean()
+
+
 def explainer_loss(segmentations: Array, images: Array, targets: Array, classify: Classify, *,
                    lambda_c: float = 1.0, lambda_e: float = 1.0, lambda_tv: float = 1.0,
                    lambda_ac: float = 1.0, lambda_t: float = 0.1, lambda_nt: float = 0.3,
                    min_area: float = 0.05, max_area: float = 0.3, lambda_single: float = 0.0,
                    lambda_overlap: float = 0.0, lambda_pooled: float = 0.0,
-                   pooled_sharpness: float = 1.0, multilabel: bool = True
-                   ) -> tuple[Array, dict[str, Array]]:
+                   pooled_sharpness: float = 1.0, multilabel: bool = True,
+                   binary_masks: bool = False) -> tuple[Array, dict[str, Array]]:
   """The Explainer's loss (Stalder et al. 2022). Returns (total, unweighted terms).
 
-  With `lambda_single = lambda_overlap = lambda_pooled = 0` (the defaults) it is the paper's
-  loss. These weigh terms that are NOT in the paper, aimed at class specificity:
-  `lambda_single` the classification of the image kept by one target class's own mask against
-  that class alone (one more classifier pass), `lambda_overlap` the overlap of the target
-  classes' masks (`class_overlap_loss`), `lambda_pooled` the labels' classification by each
-  class channel's pooling (`pooled_class_loss` at `pooled_sharpness`).
+  With `lambda_single = lambda_overlap = lambda_pooled = 0` and `binary_masks=False` (the
+  defaults) it is the paper's loss. These weigh terms that are NOT in the paper, aimed at class
+  specificity: `lambda_single` the classification of the image kept by one target class's own
+  mask against that class alone (one more classifier pass), `lambda_overlap` the overlap of the
+  target classes' masks (`class_overlap_loss`), `lambda_pooled` the labels' classification by
+  each class channel's pooling (`pooled_class_loss` at `pooled_sharpness`).
+
+  `binary_masks` (NOT in the paper): the classifier sees the images masked by the masks
+  thresholded at 0.5 (`straight_through_binary`), the gradient flowing as through the soft
+  masks. A classifier that normalizes each image (or each patch) reads a faint mask's image
+  `0.05 * x` as `x`; with binary masks a pixel is kept whole or not at all.
   """
   chex.assert_rank([segmentations, images, targets], [4, 4, 2])
   chex.assert_equal(segmentations.shape[:3], images.shape[:3])
   segmentations = segmentations.astype(jnp.float32)  # losses in f32 under mixed precision
   target_mask, non_target_mask = extract_masks(segmentations, targets)
-  keep = target_mask[..., None]
+  seen = straight_through_binary if binary_masks else (lambda mask: mask)
+  keep = seen(target_mask)[..., None]
   batches = [keep * images, (1.0 - keep) * images]
   # A weight known to be 0 skips the extra classifier pass (a traced weight computes it).
   single = not (isinstance(lambda_single, (int, float)) and lambda_single == 0)
   if single:
     single_class, single_mask = _largest_target_class_mask(segmentations, targets)
-    batches.append(single_mask[..., None] * images)
+    batches.append(seen(single_mask)[..., None] * images)
   logits = jnp.split(classify(jnp.concatenate(batches)).astype(jnp.float32), len(batches))
   aux = {
       'classification': classification_loss(logits[0], targets, multilabel),
@@ -213,6 +232,11 @@ def explainer_loss(segmentations: Array, images: Array, targets: Array, classify
              'single_class': lambda_single, 'class_overlap': lambda_overlap,
              'pooled_class': lambda_pooled}
   return _weighted_total(aux, weights)
+
+
+def straight_through_binary(mask: Array) -> Array:
+  """`mask > 0.5` as 0/1 in the forward pass, the identity's gradient in the backward pass."""
+  return mask + jax.lax.stop_gradient((mask > 0.5).astype(mask.dtype) - mask)
 
 
 def _largest_target_class_mask(segmentations: Array, targets: Array) -> tuple[Array, Array]:

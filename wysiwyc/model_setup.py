@@ -40,12 +40,29 @@ def build_explainer(config, spec) -> nn.Module:
                                 **config.explainer.kwargs, **compute_dtype_kwargs(config))
 
 
+def build_distill_student(config, spec) -> nn.Module:
+  """The black-box start's student: a SimpleCNN with the shapes of the U-Net Explainer's encoder
+  (its width, norm and input stride; its depth + 1 blocks, the bottleneck included), so that
+  `encoder_from_classifier` can copy its convolutions."""
+  if config.explainer.name != 'unet':
+    raise errors.UserError(
+        f"explainer.init_from='distill' needs explainer.name='unet', got "
+        f"{config.explainer.name!r}; choose another explainer.init_from.")
+  kwargs = config.explainer.kwargs
+  return models.classifiers.build(
+      'simple_cnn', len(spec.class_names), width=kwargs.get('width', 32),
+      depth=kwargs.get('depth', 3) + 1, norm=kwargs.get('norm', 'group'),
+      stem_stride=kwargs.get('input_stride', 1),
+      pooling=config.explainer.distill.get('pooling', 'max'), **compute_dtype_kwargs(config))
+
+
 def initial_explainer_state(config, spec, explainer: nn.Module, mesh: Mesh, rng,
-                            classifier_variables: Optional[dict] = None
+                            encoder_variables: Optional[dict] = None
                             ) -> Tuple[train_steps.TrainState, optax.GradientTransformation]:
   """(the explainer's first train state, its optimizer): `config.explainer.train`'s optimizer,
-  the pretrained backbone weights, then `explainer.init_from` (`'classifier'`: the encoder from
-  `classifier_variables`); refuses a batch that does not divide over the mesh."""
+  the pretrained backbone weights, then `explainer.init_from` (`'classifier'` or `'distill'`:
+  the encoder from `encoder_variables`, the classifier's or the distilled student's); refuses a
+  batch that does not divide over the mesh."""
   tc = train_steps.with_schedule_length(config.explainer.train,
                                         spec.num_examples.get('train', 0))
   data_parallel.check_batch_size(tc.batch_size, mesh, 'explainer.train.batch_size',
@@ -54,7 +71,7 @@ def initial_explainer_state(config, spec, explainer: nn.Module, mesh: Mesh, rng,
   state = data_parallel.replicate(
       train_steps.init_state(explainer, tx, rng, config.data.image_size), mesh)
   state = with_pretrained_weights(explainer, state, mesh)
-  return with_initial_explainer(config, spec, state, mesh, classifier_variables), tx
+  return with_initial_explainer(config, spec, state, mesh, encoder_variables), tx
 
 
 def start_description(model_config) -> str:
@@ -65,6 +82,8 @@ def start_description(model_config) -> str:
     return f'shipped {init_from}'
   if init_from == CLASSIFIER_START:
     return "the classifier's convolutions (encoder), random decoder"
+  if init_from == DISTILL_START:
+    return 'the distilled encoder (black-box start), random decoder'
   if init_from:
     return os.path.abspath(init_from)
   pretrained = model_config.kwargs.get('pretrained')
@@ -109,22 +128,22 @@ def restore_stage_variables(source: str, stage: str, target: dict) -> Optional[d
 
 
 def with_initial_explainer(config, spec, state: train_steps.TrainState, mesh: Mesh,
-                           classifier_variables: Optional[dict] = None
+                           encoder_variables: Optional[dict] = None
                            ) -> train_steps.TrainState:
   """`state` started from the explainer variables named by `config.explainer.init_from`: a
   shipped zoo entry ('zoo:NAME'), a workdir (its `explainer/best`), an orbax folder, or
-  'classifier' (the U-Net's encoder from `classifier_variables`, `encoder_from_classifier`);
-  unchanged when it is ''."""
+  'classifier' / 'distill' (the U-Net's encoder from `encoder_variables`, the classifier's or
+  the distilled student's, `encoder_from_classifier`); unchanged when it is ''."""
   source = config.explainer.get('init_from', '')
   if not source:
     return state
   target = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
-  if source == CLASSIFIER_START:
-    if classifier_variables is None:
+  if source in (CLASSIFIER_START, DISTILL_START):
+    if encoder_variables is None:
       raise errors.UserError(
-          "explainer.init_from='classifier' needs a classifier to start from, and this stage "
+          f"explainer.init_from={source!r} needs a classifier to start from, and this stage "
           "has none (the self-explainer trains its own); leave explainer.init_from empty.")
-    started = encoder_from_classifier(target, jax.device_get(classifier_variables),
+    started = encoder_from_classifier(target, jax.device_get(encoder_variables),
                                       config.explainer.kwargs.get('depth', 3))
     return data_parallel.replicate(state.replace(**started), mesh)
   if shipped.is_zoo_reference(source):
@@ -141,6 +160,8 @@ def with_initial_explainer(config, spec, state: train_steps.TrainState, mesh: Me
 
 
 CLASSIFIER_START = 'classifier'
+# The black-box start: the encoder of a student distilled from the classifier's predictions.
+DISTILL_START = 'distill'
 
 
 def encoder_from_classifier(explainer_variables: dict, classifier_variables: dict,
@@ -165,11 +186,13 @@ def encoder_from_classifier(explainer_variables: dict, classifier_variables: dic
             f"explainer.init_from='classifier': the classifier's block {level} does not fit the "
             f"explainer's encoder block {level} ({collection} {shapes[1]} vs {shapes[0]}). It "
             'needs classifier.name=simple_cnn with stem_stride = explainer input_stride, the same '
-            'width and norm, and depth = explainer depth + 1; or another explainer.init_from.')
+            "width and norm, and depth = explainer depth + 1. For any other classifier use the "
+            "black-box start, explainer.init_from='distill'.")
       started[collection][ours] = given
     copied.append(level)
   if not copied:
     raise errors.UserError(
         "explainer.init_from='classifier' found no convolution blocks ('blocks_0', ...) in the "
-        'classifier: it works with classifier.name=simple_cnn; choose another explainer.init_from.')
+        "classifier: it works with classifier.name=simple_cnn. For any other classifier use the "
+        "black-box start, explainer.init_from='distill'.")
   return started

@@ -1,10 +1,12 @@
-"""The Explainer's two training stages: the classifier (trained, or loaded), then the
-Explainer against it, frozen.
+"""The Explainer's training stages: the classifier (trained, or loaded), then the Explainer
+against it, frozen, after the black-box start's distillation when `explainer.init_from` asks for
+it.
 """
 
 import os
 
 from absl import logging
+import jax
 from jax.sharding import Mesh
 
 from wysiwyc import checkpointing
@@ -77,8 +79,12 @@ def explainer_stage(config, spec, workdir: str, mesh: Mesh, classifier, classifi
   explainer = model_setup.build_explainer(config, spec)
   tc = config.explainer.train
   micro_batches = tc.get('grad_accum_steps', 1)
+  encoder_variables = classifier_variables
+  if config.explainer.get('init_from', '') == model_setup.DISTILL_START:
+    encoder_variables = distill_stage(config, spec, workdir, mesh, classifier,
+                                      classifier_variables, jax.random.fold_in(rng, 7))
   state, tx = model_setup.initial_explainer_state(config, spec, explainer, mesh, rng,
-                                                  classifier_variables)
+                                                  encoder_variables)
   loss_fn = train_steps.explainer_loss_fn(config, spec.multilabel)
   train_step = train_steps.jit_train_step(
       train_steps.make_explainer_train_step(explainer, classifier, tx, loss_fn, micro_batches),
@@ -93,3 +99,32 @@ def explainer_stage(config, spec, workdir: str, mesh: Mesh, classifier, classifi
       eval_step=lambda v, b: eval_step(v, classifier_variables, b))
   state = loop.fit(stage, state, config, spec, mesh, rng)
   return explainer, state.variables()
+
+
+def distill_stage(config, spec, workdir: str, mesh: Mesh, classifier, classifier_variables,
+                  rng) -> dict:
+  """The black-box start: trains a network with the shapes of the Explainer's encoder
+  (`model_setup.build_distill_student`) to give the frozen classifier's soft predictions on the
+  training images, calling the classifier and never reading its parameters; returns the
+  student's variables, whose convolutions become the Explainer's encoder."""
+  student = model_setup.build_distill_student(config, spec)
+  tc = train_steps.with_schedule_length(config.explainer.distill,
+                                        spec.num_examples.get('train', 0))
+  micro_batches = tc.get('grad_accum_steps', 1)
+  data_parallel.check_batch_size(tc.batch_size, mesh, 'explainer.distill.batch_size',
+                                 micro_batches)
+  tx = train_steps.make_optimizer(tc)
+  state = data_parallel.replicate(
+      train_steps.init_state(student, tx, rng, config.data.image_size), mesh)
+  train_step = train_steps.jit_train_step(
+      train_steps.make_distill_train_step(student, classifier, tx, spec.multilabel,
+                                          micro_batches), mesh, num_replicated_args=1)
+  eval_step = train_steps.jit_eval_step(
+      train_steps.make_distill_eval_step(student, classifier, spec.multilabel), mesh, 2)
+  stage = loop.Stage(
+      name='distill', directory=os.path.join(workdir, 'distill'), train_config=tc,
+      start="random weights, learning the classifier's predictions",
+      log_dir=os.path.join(workdir, 'tensorboard', 'distill'),
+      train_step=lambda s, b, r: train_step(s, classifier_variables, b, r),
+      eval_step=lambda v, b: eval_step(v, classifier_variables, b))
+  return loop.fit(stage, state, config, spec, mesh, rng).variables()

@@ -207,6 +207,49 @@ def make_classifier_eval_step(model: nn.Module, multilabel: bool) -> Callable:
   return step
 
 
+def make_distill_train_step(student: nn.Module, classifier: nn.Module, tx,
+                            multilabel: bool, micro_batches: int = 1) -> Callable:
+  """The black-box start's train step: `student` learns the frozen classifier's soft predictions
+  on the training images (`losses.distillation_loss`). The classifier is only called."""
+  def step(state: TrainState, classifier_variables, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    teacher_logits = classifier.apply(classifier_variables, batch['image'], train=False)
+
+    def objective(params, batch_stats, batch, rng):
+      logits, batch_stats = apply_model(student, params, batch_stats, batch['image'],
+                                        train=True, rng=rng)
+      loss = losses.distillation_loss(logits, batch['teacher_logits'], multilabel)
+      agreement = prediction_agreement(logits, batch['teacher_logits'], multilabel).mean()
+      return loss, ({'loss': loss, 'agreement': agreement}, batch_stats)
+
+    step_metrics, batch_stats, grads = accumulate_gradients(
+        objective, state.params, state.batch_stats, {**batch, 'teacher_logits': teacher_logits},
+        rng, micro_batches)
+    return apply_gradients(state, tx, grads, batch_stats), step_metrics
+  return step
+
+
+def prediction_agreement(logits, teacher_logits, multilabel: bool):
+  """(B,) how often two models decide alike: per-class agreement of the thresholded sigmoids
+  (multi-label), or of the top class (single label)."""
+  if multilabel:
+    return ((logits > 0) == (teacher_logits > 0)).mean(axis=-1)
+  return (logits.argmax(-1) == teacher_logits.argmax(-1)).astype(jnp.float32)
+
+
+def make_distill_eval_step(student: nn.Module, classifier: nn.Module, multilabel: bool
+                           ) -> Callable:
+  def step(student_variables, classifier_variables, batch):
+    teacher_logits = classifier.apply(classifier_variables, batch['image'], train=False)
+    logits = student.apply(student_variables, batch['image'], train=False)
+    per_image_loss = jax.vmap(
+        lambda s, t: losses.distillation_loss(s[None], t[None], multilabel))(logits,
+                                                                             teacher_logits)
+    return {'loss': per_image_loss,
+            'agreement': prediction_agreement(logits, teacher_logits, multilabel)}
+  return step
+
+
 def explainer_loss_fn(config: ml_collections.ConfigDict, multilabel: bool) -> Callable:
   """(segmentations, images, targets, classify) -> (loss, aux) for `config.loss.kind`."""
   kwargs = {k: v for k, v in config.loss.items() if k != 'kind'}

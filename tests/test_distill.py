@@ -1,0 +1,125 @@
+"""Tests of the black-box start (`explainer.init_from='distill'`): its loss, that it only calls
+the classifier, and that the paper configs leave it and the other non-paper terms off."""
+
+import types
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.conftest import load_config, smoke_config
+from wysiwyc import data_parallel
+from wysiwyc import errors
+from wysiwyc import losses
+from wysiwyc import model_setup
+from wysiwyc import models
+from wysiwyc import stages
+from wysiwyc.data import pipeline
+
+
+def test_distillation_loss_is_the_cross_entropy_against_the_teachers_soft_predictions():
+  student = jax.random.normal(jax.random.key(0), (4, 5))
+  teacher = 3.0 * jax.random.normal(jax.random.key(1), (4, 5))
+  p, q = jax.nn.sigmoid(teacher), jax.nn.sigmoid(student)
+  bce = -(p * jnp.log(q) + (1 - p) * jnp.log(1 - q)).mean()
+  np.testing.assert_allclose(losses.distillation_loss(student, teacher), bce, rtol=1e-5)
+  soft = jax.nn.softmax(teacher)
+  ce = -(soft * jax.nn.log_softmax(student)).sum(-1).mean()
+  np.testing.assert_allclose(losses.distillation_loss(student, teacher, multilabel=False), ce,
+                             rtol=1e-5)
+  # Lowest when the student gives the teacher's predictions; the teacher gets no gradient.
+  assert losses.distillation_loss(teacher, teacher) < losses.distillation_loss(student, teacher)
+  teacher_grad = jax.grad(lambda t: losses.distillation_loss(student, t))(teacher)
+  np.testing.assert_array_equal(teacher_grad, 0.0)
+
+
+class OpaqueClassifier(nn.Module):
+  """A classifier seen only as a function of the images: no variables, no layers to read."""
+  classify: Callable
+
+  def __call__(self, images, train: bool = False):
+    del train
+    return self.classify(images)
+
+
+def test_black_box_start_trains_against_a_classifier_it_can_only_call(tmp_path):
+  config = smoke_config(str(tmp_path / 'tfds'))
+  config.explainer.init_from = model_setup.DISTILL_START
+  config.explainer.distill.max_steps = 8
+  config.explainer.distill.learning_rate = 1e-2
+  spec = pipeline.prepare(config.data)
+  mesh = data_parallel.create_mesh()
+  hidden = models.classifiers.build('simple_cnn', len(spec.class_names), width=4, depth=2,
+                                    pooling='avg')
+  size = config.data.image_size
+  hidden_variables = hidden.init(jax.random.key(5), jnp.zeros((1, size, size, 3)))
+  calls = []
+
+  offsets = jnp.linspace(-3.0, 3.0, len(spec.class_names))  # decided predictions to learn
+
+  def classify(images):
+    calls.append(images.shape)
+    return hidden.apply(hidden_variables, images) + offsets
+
+  opaque = OpaqueClassifier(classify)
+  assert not opaque.init(jax.random.key(0), jnp.zeros((1, size, size, 3)))  # nothing to read
+  student = stages.distill_stage(config, spec, str(tmp_path / 'w'), mesh, opaque, {},
+                                 jax.random.key(1))
+  assert calls  # the classifier was called (traced into the steps) ...
+  first, _ = jax.tree.flatten(student['params'])
+  started = model_setup.build_distill_student(config, spec).init(
+      jax.random.key(1), jnp.zeros((1, size, size, 3)))
+  assert any(not np.allclose(a, b) for a, b in zip(first, jax.tree.leaves(started['params'])))
+  # ... and its student learned: it agrees with the classifier more than a fresh student does.
+  images = next(pipeline.as_numpy(pipeline.make_dataset(config.data, 'validation', 16,
+                                                        training=False, seed=0)))['image']
+  teacher = classify(images)
+  network = model_setup.build_distill_student(config, spec)
+  trained_loss = losses.distillation_loss(network.apply(jax.device_get(student), images), teacher)
+  fresh_loss = losses.distillation_loss(network.apply(started, images), teacher)
+  assert trained_loss < fresh_loss
+  # The Explainer's encoder is the student's: the start reads the student, not the classifier.
+  explainer = model_setup.build_explainer(config, spec)
+  state, _ = model_setup.initial_explainer_state(config, spec, explainer, mesh,
+                                                 jax.random.key(2), student)
+  params = jax.device_get(state.params)
+  for level in range(config.explainer.kwargs.depth + 1):
+    for a, b in zip(jax.tree.leaves(params[f'ConvBlock_{level}']),
+                    jax.tree.leaves(student['params'][f'blocks_{level}']), strict=True):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_distill_start_refuses_an_explainer_without_an_encoder_to_fill(tmp_path):
+  config = smoke_config(str(tmp_path))
+  config.explainer.name = 'deeplab'
+  with pytest.raises(errors.UserError, match="init_from='distill' needs explainer.name='unet'"):
+    model_setup.build_distill_student(config, types_spec(3))
+
+
+def types_spec(num_classes):
+  return types.SimpleNamespace(class_names=[f'c{i}' for i in range(num_classes)])
+
+
+@pytest.mark.parametrize('name', ['voc', 'coco', 'cub'])
+def test_paper_configs_keep_the_paper_loss_and_start(name):
+  config = load_config(name)
+  for term in ('lambda_single', 'lambda_overlap', 'lambda_pooled'):
+    assert config.loss.get(term, 0.0) == 0.0, term
+  assert config.explainer.get('init_from', '') != model_setup.DISTILL_START
+
+
+def test_distill_student_has_the_shapes_of_the_explainers_encoder(tmp_path):
+  config = load_config('synthetic')
+  spec = types_spec(6)
+  size = config.data.image_size
+  student = model_setup.build_distill_student(config, spec).init(
+      jax.random.key(0), jnp.zeros((1, size, size, 3)))
+  explainer = model_setup.build_explainer(config, spec).init(
+      jax.random.key(0), jnp.zeros((1, size, size, 3)))
+  for level in range(config.explainer.kwargs.depth + 1):
+    got = jax.tree.map(jnp.shape, student['params'][f'blocks_{level}'])
+    want = jax.tree.map(jnp.shape, explainer['params'][f'ConvBlock_{level}'])
+    assert got == want
