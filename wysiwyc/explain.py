@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from wysiwyc import checkpointing
+from wysiwyc import classifier_check
 from wysiwyc import errors
 from wysiwyc import image_files
 from wysiwyc import models
@@ -136,11 +137,19 @@ def load(workdir: str) -> Explainer:
   if config.get('mode', 'explainer') == 'self_explainer':
     # Registers its classifier head: `predict` is then the self-explainer's own classification.
     from wysiwyc import self_explainer  # pylint: disable=g-import-not-at-top,unused-import
-  classifier = models.classifiers.build(config.classifier.name, num_classes,
+  try:
+    classifier = classifier_check.build(config.classifier.name, num_classes,
                                         **config.classifier.kwargs)
+  except errors.UserError as error:
+    raise errors.UserError(f'{workdir}/config.json: {error}') from None
+  except ValueError as error:  # an unknown registered name
+    raise errors.UserError(f'{workdir}/config.json: classifier.name: {error}') from None
   explainer = models.build_explainer(config.explainer.name, num_classes,
                                      **config.explainer.kwargs)
   size = int(spec['image_size'])
+  classifier_check.check_checkpoint_fits(
+      classifier, size, os.path.join(workdir, 'classifier', 'best'),
+      f"{workdir}'s classifier (classifier.name={config.classifier.name!r} in its config.json)")
   explainer_vars = _restore_variables(os.path.join(workdir, 'explainer', 'best'), explainer, size,
                                       'explainer', workdir)
   classifier_vars = _restore_variables(os.path.join(workdir, 'classifier', 'best'), classifier,

@@ -10,6 +10,7 @@ import jax
 import ml_collections
 
 from wysiwyc import checkpointing
+from wysiwyc import classifier_check
 from wysiwyc import errors
 from wysiwyc import model_setup
 from wysiwyc import models
@@ -101,11 +102,13 @@ def check_inputs_available(config: ml_collections.ConfigDict) -> None:
   # The number of classes does not matter for a weights file; 1 avoids preparing the data.
   builders = [lambda: models.build_explainer(config.explainer.name, 1, **config.explainer.kwargs)]
   if not config.classifier.get('checkpoint', ''):
-    builders.append(lambda: models.classifiers.build(config.classifier.name, 1,
-                                                     **config.classifier.kwargs))
+    builders.append(lambda: classifier_check.build(config.classifier.name, 1,
+                                                   **config.classifier.kwargs))
   for build in builders:
     try:
       module = build()
+    except errors.UserError:  # a module that cannot be imported, a factory that cannot be called
+      raise
     except (ValueError, TypeError):  # Not buildable yet (e.g. registered by its stage): the
       continue                       # stage that builds it reports any problem.
     problem = models.missing_pretrained(module)
@@ -181,6 +184,35 @@ def clear_retrained_stages(workdir: str, retrain: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices('wysiwyc: retrained stages cleared by process 0')
+
+
+def check_classifier(config: ml_collections.ConfigDict, spec) -> None:
+  """Stops before the workdir is written when the classifier of an Explainer run cannot be used:
+  its module does not import, its factory cannot be called as `factory(num_classes, **kwargs)`,
+  it does not run on the config's images, or `classifier.checkpoint` is missing or holds
+  variables of other names or shapes (`wysiwyc.classifier_check`)."""
+  if config.get('mode', 'explainer') != 'explainer':
+    return
+  try:
+    classifier = classifier_check.build(config.classifier.name, len(spec.class_names),
+                                        **config.classifier.kwargs,
+                                        **model_setup.compute_dtype_kwargs(config))
+  except errors.UserError:
+    raise
+  except ValueError as error:  # an unknown registered name
+    raise errors.UserError(f'classifier.name: {error}') from None
+  classifier_check.variable_shapes(classifier, config.data.image_size)
+  source = config.classifier.get('checkpoint', '')
+  if not source or shipped.is_zoo_reference(source):
+    return
+  if not os.path.isdir(source):
+    raise errors.UserError(f'classifier.checkpoint={source!r}: no such folder (a wysiwyc workdir '
+                           'or an orbax checkpoint folder); fix the path or leave it empty.')
+  for directory in (os.path.join(source, 'classifier', 'best'), source):
+    if classifier_check.checkpoint_shapes(directory) is not None:
+      classifier_check.check_checkpoint_fits(classifier, config.data.image_size, directory,
+                                             f'classifier.checkpoint={source!r}')
+      return
 
 
 def check_split_sizes(config: ml_collections.ConfigDict, spec) -> None:

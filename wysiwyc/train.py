@@ -69,6 +69,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               f'{jax.process_count()} process(es)')
   spec = prepare_data(config.data)
   run_setup.check_split_sizes(config, spec)  # still nothing written into the workdir
+  run_setup.check_classifier(config, spec)  # a classifier that cannot be built or loaded
   run_setup.clear_retrained_stages(workdir, retrain)
   os.makedirs(workdir, exist_ok=True)
   run_setup.write_workdir_description(config, spec, workdir)
