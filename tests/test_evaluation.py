@@ -1,5 +1,7 @@
 """Pieces of the evaluation stage that the end-to-end tests in test_train.py do not isolate."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,3 +47,40 @@ def test_class_specific_masks_score_low_other_over_own():
   assert good['specificity_own'] > 0.99 and good['specificity_other'] < 0.01
   assert good['specificity_other_over_own'] < 0.01
   assert blob['specificity_other_over_own'] > 0.99
+
+
+def test_single_label_specificity_keeps_the_runner_up_class_mask():
+  """One class an image: 'other' has no pair (None, not NaN); the runner-up class's mask keeps
+  the true class for masks that cover every band, not for masks specific to their class."""
+  images = jnp.ones((2, 12, 12, 3))
+  labels = jnp.asarray([[1, 0, 0], [0, 0, 1]], jnp.float32)
+  specific = jnp.zeros((2, 12, 12, 3))
+  for c in range(3):
+    specific = specific.at[:, :, 4 * c:4 * c + 4, c].set(1.0)
+  summarize = lambda masks: evaluation.specificity_summary(
+      {k: float(v.sum()) for k, v in
+       evaluation.specificity_sums(region_classifier, images, masks, labels, False).items()})
+  good, blob = summarize(specific), summarize(jnp.ones((2, 12, 12, 3)))
+  assert good['specificity_other'] is None and good['specificity_other_over_own'] is None
+  assert good['specificity_runner_up_images'] == 2
+  assert good['specificity_own'] > 0.4 and good['specificity_runner_up_over_own'] < 0.05
+  assert blob['specificity_runner_up_over_own'] > 0.99
+  # Multi-label runs keep their keys (no runner-up).
+  assert 'specificity_runner_up_sum' not in evaluation.specificity_sums(
+      region_classifier, images, specific, labels, True)
+
+
+def test_results_hold_null_not_nan_and_results_md_says_why():
+  summary = evaluation.specificity_summary({
+      'specificity_own_sum': 3.0, 'specificity_own_count': 6.0, 'specificity_other_sum': 0.0,
+      'specificity_other_count': 0.0})
+  summary['specificity_other'] = float('nan')  # as a mean over nothing would be
+  results = evaluation.without_nan({'explainer': summary,
+                                    'classifier': {'accuracy_plain': 1.0}})
+  assert results['explainer']['specificity_other'] is None
+  assert evaluation.undefined_fields(results) == ['explainer.specificity_other',
+                                                  'explainer.specificity_other_over_own']
+  markdown = evaluation.results_markdown(results)
+  assert '| 0.500 | - | - | 0 |' in markdown
+  assert 'explainer.specificity_other (no test image has two present classes' in markdown
+  assert 'NaN' not in json.dumps(results) and 'nan' not in markdown

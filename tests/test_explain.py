@@ -200,3 +200,12 @@ def test_cli_flag_mistake_is_one_line(tmp_path):
   assert result.returncode == 2
   assert result.stdout == '' and len(result.stderr.splitlines()) == 1, result.stderr
   assert result.stderr.startswith("error: Unknown command line flag 'wokdir'")
+
+
+def test_single_label_predicts_its_top_class_whatever_its_probability():
+  probs = np.array([0.40, 0.35, 0.25])
+  assert explain.predicted_classes(probs, CLASSES, 0.5, multilabel=False) == [CLASSES[0]]
+  assert explain.predicted_classes(probs, CLASSES, 0.5, multilabel=True) == []
+  summary = explain.scores('x.png', np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3)), probs,
+                           CLASSES, 0.5, multilabel=False)
+  assert summary['predicted'] == [CLASSES[0]] and summary['threshold'] is None

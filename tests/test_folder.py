@@ -2,6 +2,8 @@
 validation cut, the fingerprint, every bad input (the message names the file and line, nothing
 is written), and the main job end to end on each layout."""
 
+import glob
+import json
 import os
 
 import ml_collections
@@ -325,7 +327,30 @@ def test_main_job_on_subfolders_without_test_masks_says_what_it_cannot_score(tmp
   assert 0 <= results['explainer']['specificity_own'] <= 1
   assert 0 <= results['classifier']['accuracy_plain'] <= 1
   assert results['classifier']['num_test_images'] == 6
-  assert not explain.load(workdir).multilabel
+  # Single label: JSON without NaN, a class specificity that is a number, the undefined 'other'
+  # said in results.md, no validation IoU against an empty foreground, a predicted class each.
+  def no_constant(name):
+    raise ValueError(f'results.json holds {name}')
+  with open(os.path.join(workdir, 'results.json')) as f:
+    parsed = json.loads(f.read(), parse_constant=no_constant)
+  explainer_row = parsed['explainer']
+  assert isinstance(explainer_row['specificity_runner_up_over_own'], float)
+  assert explainer_row['specificity_runner_up_images'] == 6
+  assert explainer_row['specificity_other'] is None
+  with open(os.path.join(workdir, 'results.md')) as f:
+    assert 'explainer.specificity_other (no test image has two present classes' in f.read()
+  from wysiwyc import loop  # pylint: disable=g-import-not-at-top
+  for stage in ('classifier', 'explainer'):
+    history, _ = loop.stage_record(os.path.join(workdir, stage))
+    assert history and all('iou@0.5' not in epoch['val'] for epoch in history), stage
+  explainer = explain.load(workdir)
+  assert not explainer.multilabel
+  test_images = sorted(glob.glob(os.path.join(root, 'test', '*', '*')))
+  assert explain.explain_files(explainer, test_images, str(tmp_path / 'out')) == []
+  for path in test_images:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    with open(tmp_path / 'out' / f'{stem}.json') as f:
+      assert len(json.load(f)['predicted']) == 1, path
 
 
 def test_no_test_split_no_evaluation_said_on_console_and_in_results(tmp_path, caplog):

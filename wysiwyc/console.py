@@ -170,8 +170,10 @@ def results_summary(results: dict) -> str:
     parts.append(f"explainer iou@0.5 {explainer['iou@0.5']:.3f} (all_1 "
                  f"{results.get('all_1', {}).get('iou@0.5', float('nan')):.3f}), per-class "
                  f"{explainer['per_class_iou@0.5']:.3f}")
-  if 'specificity_other_over_own' in explainer:
+  if explainer.get('specificity_other_over_own') is not None:
     parts.append(f"other/own {explainer['specificity_other_over_own']:.3f}")
+  elif explainer.get('specificity_runner_up_over_own') is not None:
+    parts.append(f"runner-up/own {explainer['specificity_runner_up_over_own']:.3f}")
   classifier = results.get('classifier', {})
   if 'accuracy_plain' in classifier:
     parts.append(f"classifier accuracy {classifier['accuracy_plain']:.3f}")

@@ -28,6 +28,17 @@ from wysiwyc.data import pipeline
 
 SPECIFICITY_KEYS = ('specificity_own_sum', 'specificity_own_count', 'specificity_other_sum',
                     'specificity_other_count')
+# Single-label data sets (one class an image, so no pair of present classes for 'other'): the
+# probability of the true class keeping the mask of the classifier's runner-up class.
+RUNNER_UP_KEYS = ('specificity_runner_up_sum', 'specificity_runner_up_count')
+# Why a value of results.json is null (undefined), by its key; said in results.md.
+UNDEFINED_REASONS = {
+    'specificity_other': 'no test image has two present classes (single-label data: see '
+                         'specificity_runner_up)',
+    'specificity_other_over_own': 'specificity_other is undefined or specificity_own is 0',
+    'specificity_own': 'no test image has a present class',
+    'specificity_runner_up_over_own': 'specificity_runner_up is undefined or specificity_own is 0',
+}
 REFERENCE_METHODS = ('all_0', 'all_0.5', 'all_1', 'ground_truth')
 # The first line of a smoke run's results.md (`config.smoke`, set by the `:smoke` variants).
 SMOKE_NOTE = ('**Smoke run**: tiny data, models and step counts, to check that every stage runs; '
@@ -89,36 +100,76 @@ def make_eval_batch_fn(explainer: nn.Module, classifier: nn.Module, multilabel: 
     extras = {'accuracy_plain': accuracy(plain), 'accuracy_kept': accuracy(kept),
               'accuracy_dropped': accuracy(dropped),
               'probabilities': classifier_probabilities(plain, multilabel), 'masks': masks,
-              **specificity_sums(classify, image, masks, batch['labels'], multilabel)}
+              **specificity_sums(classify, image, masks, batch['labels'], multilabel,
+                                 classifier_probabilities(plain, multilabel))}
     return scores, extras
   return eval_batch
 
 
-def specificity_sums(classify, images, masks, labels, multilabel: bool) -> Dict[str, jnp.ndarray]:
+def specificity_sums(classify, images, masks, labels, multilabel: bool,
+                     plain_probabilities: Optional[jnp.ndarray] = None
+                     ) -> Dict[str, jnp.ndarray]:
   """Per image: sums and counts of the class-specificity probabilities (authors' notebook):
   'own' over present classes t keeping their own mask, 'other' over present t keeping the mask
-  of another present class m."""
+  of another present class m. Single-label (`multilabel=False`) also 'runner_up': present t
+  keeping the mask of the absent class the classifier finds most probable on the whole image
+  (`plain_probabilities` (B,C), computed when not given), defined for one class an image."""
   probabilities = metrics.class_specificity(
       lambda x: classifier_probabilities(classify(x), multilabel), images, masks)  # (B,T,M)
   present = labels > 0.5
   pairs = present[:, :, None] & present[:, None, :]
   diagonal = jnp.eye(labels.shape[-1], dtype=bool)[None]
   own, other = pairs & diagonal, pairs & ~diagonal
-  return {'specificity_own_sum': jnp.sum(probabilities * own, axis=(1, 2)),
+  sums = {'specificity_own_sum': jnp.sum(probabilities * own, axis=(1, 2)),
           'specificity_own_count': own.sum(axis=(1, 2)).astype(jnp.float32),
           'specificity_other_sum': jnp.sum(probabilities * other, axis=(1, 2)),
           'specificity_other_count': other.sum(axis=(1, 2)).astype(jnp.float32)}
+  if multilabel:
+    return sums
+  if plain_probabilities is None:
+    plain_probabilities = classifier_probabilities(classify(images), multilabel)
+  runner_up = jnp.argmax(jnp.where(present, -jnp.inf, plain_probabilities), axis=-1)  # (B,)
+  kept = jnp.take_along_axis(probabilities, runner_up[:, None, None], axis=2)[..., 0]  # (B,T)
+  counted = present & jnp.any(~present, axis=-1, keepdims=True)  # an absent class exists
+  sums['specificity_runner_up_sum'] = jnp.sum(kept * counted, axis=-1)
+  sums['specificity_runner_up_count'] = counted.sum(-1).astype(jnp.float32)
+  return sums
 
 
-def specificity_summary(sums: Dict[str, float]) -> Dict[str, float]:
+def specificity_summary(sums: Dict[str, float]) -> Dict[str, Optional[float]]:
   """'own', 'other' mean probabilities and their ratio (the paper: 3-9% vs ~56-65% for
-  RISE and Real-Time Saliency, as probabilities of the true class)."""
-  ratio = lambda num, den: num / den if den else float('nan')
+  RISE and Real-Time Saliency, as probabilities of the true class); with the runner-up sums
+  (single-label data), 'runner_up' and its ratio to 'own'. None where undefined (nothing to
+  average, or `own` 0: UNDEFINED_REASONS)."""
+  ratio = lambda num, den: num / den if den and num is not None else None
   own = ratio(sums['specificity_own_sum'], sums['specificity_own_count'])
   other = ratio(sums['specificity_other_sum'], sums['specificity_other_count'])
-  return {'specificity_own': own, 'specificity_other': other,
-          'specificity_other_over_own': ratio(other, own),  # NaN when `own` is NaN
-          'specificity_pairs': sums['specificity_other_count']}
+  summary = {'specificity_own': own, 'specificity_other': other,
+             'specificity_other_over_own': ratio(other, own),
+             'specificity_pairs': sums['specificity_other_count']}
+  if 'specificity_runner_up_count' in sums:
+    runner_up = ratio(sums['specificity_runner_up_sum'], sums['specificity_runner_up_count'])
+    summary.update(specificity_runner_up=runner_up,
+                   specificity_runner_up_over_own=ratio(runner_up, own),
+                   specificity_runner_up_images=sums['specificity_runner_up_count'])
+  return summary
+
+
+def without_nan(results: dict) -> dict:
+  """`results` with every non-finite float (a mean over nothing) replaced by None, which JSON
+  writes as null (json.dump would write a bare NaN, which is not JSON)."""
+  if isinstance(results, dict):
+    return {k: without_nan(v) for k, v in results.items()}
+  if isinstance(results, float) and not np.isfinite(results):
+    return None
+  return results
+
+
+def undefined_fields(results: dict) -> List[str]:
+  """The metrics of `results` that are None (null in results.json), as 'method.metric'."""
+  return [f'{method}.{key}' for method, row in results.items()
+          if method not in ('provenance', 'note') and isinstance(row, dict)
+          for key, value in row.items() if value is None]
 
 
 def _weighted_means(chunks: List[Dict[str, np.ndarray]], weights: List[np.ndarray]) -> dict:
@@ -148,7 +199,8 @@ def evaluate_and_report(config, spec, workdir: str, mesh: Mesh, classifier, clas
   per_method: Dict[str, list] = {}
   class_weights: Dict[str, list] = {}
   image_weights, classifier_chunks = [], []
-  specificity = dict.fromkeys(SPECIFICITY_KEYS, 0.0)
+  specificity = dict.fromkeys(SPECIFICITY_KEYS + (() if spec.multilabel else RUNNER_UP_KEYS),
+                              0.0)
   figure_batch: Optional[dict] = None
   seen = 0
   for batch in pipeline.as_numpy(dataset):
@@ -163,7 +215,7 @@ def evaluate_and_report(config, spec, workdir: str, mesh: Mesh, classifier, clas
       per_method.setdefault(name, []).append(values)
       class_weights.setdefault(name, []).append(valid * values['_num_classes'])
     classifier_chunks.append({k: extras[k] for k in extras if k.startswith('accuracy')})
-    for key in SPECIFICITY_KEYS:
+    for key in specificity:
       specificity[key] += float(np.sum(extras[key] * valid))
     if figure_batch is None:
       batch = data_parallel.fetch_global(sharded)
@@ -199,7 +251,7 @@ def _report(config, spec, workdir: str, results: dict, figure_batch: Optional[di
              for stage in ('classifier', 'distill', 'explainer')}
   histories = {stage: history for stage, (history, _) in records.items()}
   best_epochs = {stage: best for stage, (_, best) in records.items() if best is not None}
-  results = {**results, 'provenance': provenance.describe(histories)}
+  results = {**without_nan(results), 'provenance': provenance.describe(histories)}
   if jax.process_index() == 0:
     write_results(results, workdir, smoke=config.get('smoke', False))
     if figure_batch is not None:
@@ -254,6 +306,19 @@ def results_markdown(results: dict) -> str:
               '| ' + ' | '.join(_cell(explainer[k]) for k in (
                   'specificity_own', 'specificity_other', 'specificity_other_over_own')) +
               f" | {int(explainer['specificity_pairs'])} |"]
+  if 'specificity_runner_up' in explainer:
+    lines += ['', 'Single-label data (no image has two present classes): probability of the '
+              "true class keeping only its own mask / the mask of the classifier's runner-up "
+              'class (the most probable absent class), thresholds 0.1..0.9:', '',
+              '| own | runner-up | runner-up / own | images |', '|---:|---:|---:|---:|',
+              '| ' + ' | '.join(_cell(explainer[k]) for k in (
+                  'specificity_own', 'specificity_runner_up', 'specificity_runner_up_over_own')) +
+              f" | {int(explainer['specificity_runner_up_images'])} |"]
+  undefined = undefined_fields(results)
+  if undefined:
+    lines += ['', 'Undefined (null in results.json, - in the tables): ' + '; '.join(
+        f"{field} ({UNDEFINED_REASONS.get(field.rsplit('.', 1)[-1], 'nothing to average')})"
+        for field in undefined) + '.']
   if 'classifier' in results:
     lines += ['', '| classifier | value |', '|---|---:|']
     lines += [f'| {k} | {_cell(v)} |' for k, v in sorted(results['classifier'].items())]

@@ -170,8 +170,8 @@ def read_image(path: str) -> np.ndarray:
 def explain_files(explainer: Explainer, paths: Sequence[str], out_dir: str,
                   threshold: float = viz.PREDICTED_THRESHOLD) -> List[str]:
   """Writes `<name>.png` (the figure) and `<name>.json` (the scores) per image and prints one line
-  naming them; returns the error messages. A class is predicted when its probability exceeds
-  `threshold`."""
+  naming them; returns the error messages. A multi-label classifier predicts each class whose
+  probability exceeds `threshold`; a single-label (softmax) one its most probable class."""
   os.makedirs(out_dir, exist_ok=True)
   problems, used_names = [], set()
   for path in paths:
@@ -181,7 +181,8 @@ def explain_files(explainer: Explainer, paths: Sequence[str], out_dir: str,
       problems.append(str(error))
       continue
     masks, probs = explainer.masks(image), explainer.predict(image)
-    summary = scores(path, image, masks, probs, explainer.class_names, threshold)
+    summary = scores(path, image, masks, probs, explainer.class_names, threshold,
+                     explainer.multilabel)
     name = os.path.join(out_dir, _unique_name(os.path.splitext(os.path.basename(path))[0],
                                               used_names))
     checkpointing.write_text_atomic(f'{name}.json', json.dumps(summary, indent=2) + '\n')
@@ -192,13 +193,25 @@ def explain_files(explainer: Explainer, paths: Sequence[str], out_dir: str,
   return problems
 
 
+def predicted_classes(probs: np.ndarray, class_names: Sequence[str], threshold: float,
+                      multilabel: bool) -> List[str]:
+  """The classes a classifier predicts for one image: those with p > `threshold` (multi-label,
+  sigmoid), or the most probable one (single-label, softmax: one class an image, whatever its
+  p)."""
+  if not multilabel:
+    return [class_names[int(np.argmax(probs))]]
+  return [c for c, p in zip(class_names, probs) if p > threshold]
+
+
 def scores(path: str, image: np.ndarray, masks: np.ndarray, probs: np.ndarray,
-           class_names: Sequence[str], threshold: float) -> dict:
-  """The JSON of one image: the classifier's probabilities and the masks' areas, in class order."""
+           class_names: Sequence[str], threshold: float, multilabel: bool = True) -> dict:
+  """The JSON of one image: the classifier's predicted classes (`predicted_classes`; 'threshold'
+  is null for a single-label classifier, which predicts its top class), its probabilities and the
+  masks' areas, in class order."""
   return {
       'image': os.path.abspath(path), 'height': image.shape[0], 'width': image.shape[1],
-      'threshold': threshold,
-      'predicted': [c for c, p in zip(class_names, probs) if p > threshold],
+      'threshold': threshold if multilabel else None,
+      'predicted': predicted_classes(probs, class_names, threshold, multilabel),
       'probabilities': {c: round(float(p), 6) for c, p in zip(class_names, probs)},
       'mask_area': {c: round(float(masks[..., i].mean()), 6) for i, c in enumerate(class_names)},
   }

@@ -111,6 +111,11 @@ def _loop_meta(**kwargs) -> dict:
   return defaults
 
 
+# Validation metrics scored against the ground-truth masks: left out of a stage's history when
+# the validation split has none (the checkpoints are chosen on the loss, which needs no masks).
+MASK_METRICS = ('iou@0.5',)
+
+
 def evaluate(eval_step: Callable, variables, batches: Iterator[data_parallel.Batch],
              mesh: Mesh) -> dict:
   """Means over valid images of every per-image metric of `eval_step`."""
@@ -201,6 +206,8 @@ def fit(stage: Stage, state: train_steps.TrainState, config: ml_collections.Conf
       val = evaluate(stage.eval_step, state.variables(), pipeline.as_numpy(pipeline.make_dataset(
           config.data, 'validation', config.eval.batch_size, training=False, seed=config.seed,
           process_index=block, process_count=jax.process_count())), mesh)
+      if 'validation' in spec.unmasked_splits:  # no masks: no IoU against an empty foreground
+        val = {k: v for k, v in val.items() if k not in MASK_METRICS}
       writer.scalars(int(state.step), {f'val/{k}': v for k, v in val.items()})
       train_means = {k: v / max(meta.get('epoch_train_count', 0), 1)
                      for k, v in train_sums.items()}
