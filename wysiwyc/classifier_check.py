@@ -127,3 +127,20 @@ def check_checkpoint_fits(classifier: nn.Module, image_size: int, directory: str
   problem = mismatch(variable_shapes(classifier, image_size), found)
   if problem:
     raise errors.UserError(f'{what}: the variables do not fit the classifier module: {problem}.')
+
+
+# `classifier.name` of a workdir whose classifier was given as a function (`wysiwyc.api`): no
+# module to build; `wysiwyc.explain.load` needs the function again.
+FUNCTION_CLASSIFIER = 'function'
+
+
+class FunctionClassifier:
+  """A classifier given as `apply_fn(variables, images) -> logits`, with the one method the stages
+  call on a classifier module: `apply(variables, images, train=False)`."""
+
+  def __init__(self, apply_fn):
+    self.apply_fn = apply_fn
+
+  def apply(self, variables, images, train: bool = False):
+    del train  # frozen: always applied as at inference
+    return self.apply_fn(variables, images)

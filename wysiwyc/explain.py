@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from PIL import Image
 
 from wysiwyc import checkpointing
@@ -124,8 +125,12 @@ def _restore_variables(directory: str, module, image_size: int, what: str, workd
   return {k: v for k, v in variables.items() if k == 'params' or v}
 
 
-def load(workdir: str) -> Explainer:
-  """Loads the explainer and classifier of a trained workdir (read only)."""
+def load(workdir: str, apply_fn=None, variables=None) -> Explainer:
+  """Loads the explainer and classifier of a trained workdir (read only).
+
+  A workdir trained by `wysiwyc.api.train_explainer` against a classifier given as a function
+  needs that function again, `apply_fn(variables, images) -> logits` (ImageNet-normalized float32
+  images); its variables are read from the workdir unless `variables` is given."""
   workdir = os.path.abspath(workdir)
   for name in ('config.json', 'spec.json'):
     if not os.path.exists(os.path.join(workdir, name)):
@@ -137,6 +142,9 @@ def load(workdir: str) -> Explainer:
   if config.get('mode', 'explainer') == 'self_explainer':
     # Registers its classifier head: `predict` is then the self-explainer's own classification.
     from wysiwyc import self_explainer  # pylint: disable=g-import-not-at-top,unused-import
+  size = int(spec['image_size'])
+  if config.classifier.name == classifier_check.FUNCTION_CLASSIFIER:
+    return _load_with_function(workdir, config, spec, apply_fn, variables)
   try:
     classifier = classifier_check.build(config.classifier.name, num_classes,
                                         **config.classifier.kwargs)
@@ -146,7 +154,6 @@ def load(workdir: str) -> Explainer:
     raise errors.UserError(f'{workdir}/config.json: classifier.name: {error}') from None
   explainer = models.build_explainer(config.explainer.name, num_classes,
                                      **config.explainer.kwargs)
-  size = int(spec['image_size'])
   classifier_check.check_checkpoint_fits(
       classifier, size, os.path.join(workdir, 'classifier', 'best'),
       f"{workdir}'s classifier (classifier.name={config.classifier.name!r} in its config.json)")
@@ -155,6 +162,31 @@ def load(workdir: str) -> Explainer:
   classifier_vars = _restore_variables(os.path.join(workdir, 'classifier', 'best'), classifier,
                                        size, 'classifier', workdir)
   return Explainer(config, spec, classifier, classifier_vars, explainer, explainer_vars)
+
+
+def _load_with_function(workdir: str, config, spec: dict, apply_fn, variables) -> Explainer:
+  """`load` of a workdir whose classifier was given as a function (`wysiwyc.api`)."""
+  if apply_fn is None:
+    raise errors.UserError(
+        f'{workdir} was trained against a classifier given as a function '
+        '(wysiwyc.api.train_explainer): load it in Python with explain.load(workdir, '
+        'apply_fn=apply_fn).')
+  explainer = models.build_explainer(config.explainer.name, len(spec['class_names']),
+                                     **config.explainer.kwargs)
+  size = int(spec['image_size'])
+  explainer_vars = _restore_variables(os.path.join(workdir, 'explainer', 'best'), explainer, size,
+                                      'explainer', workdir)
+  if variables is None:
+    directory = os.path.join(workdir, 'classifier', 'best')
+    mngr = checkpointing.manager(directory, 1, create=False)
+    steps = mngr.all_steps() if os.path.isdir(directory) else []
+    if not steps:
+      raise errors.UserError(f'{directory} holds no classifier variables; give them: '
+                             'explain.load(workdir, apply_fn=..., variables=...).')
+    variables = mngr.restore(max(steps), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))['state']
+  return Explainer(config, spec, classifier_check.FunctionClassifier(apply_fn), variables,
+                   explainer, explainer_vars)
 
 
 # ----------------------------------------------------------------------------------------------

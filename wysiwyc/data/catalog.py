@@ -7,6 +7,7 @@ Importing this module imports every data set module, each of which registers its
 from typing import Tuple
 
 from wysiwyc import errors
+from wysiwyc.data import arrays  # pylint: disable=unused-import
 from wysiwyc.data import coco  # pylint: disable=unused-import
 from wysiwyc.data import cub  # pylint: disable=unused-import
 from wysiwyc.data import folder  # pylint: disable=unused-import

@@ -1,0 +1,93 @@
+"""The Python entry (wysiwyc.api): the README's snippet runs (at smoke size) into a workdir that
+`explain.load` reads and that holds valid results; batches that break the image convention are
+one-line errors before anything is written."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from wysiwyc import api
+from wysiwyc import errors
+from wysiwyc import explain
+
+
+def readme_snippet() -> str:
+  with open(os.path.join(REPO, 'README.md')) as f:
+    text = f.read()
+  blocks = re.findall(r'```python\n(.*?)```', text, re.S)
+  snippet = next(block for block in blocks if 'api.train_explainer' in block)
+  assert len(snippet.strip().splitlines()) <= 20
+  return snippet
+
+
+def test_readme_snippet_runs_at_smoke_size(tmp_path):
+  snippet = readme_snippet()
+  workdir = str(tmp_path / 'api')
+  smoke = snippet.replace("'workdirs/api'", repr(workdir)).replace(
+      'workdirs/api/', workdir + '/')
+  smoke = smoke.replace("workdir=", 'config=api.default_config(smoke=True), workdir=')
+  smoke = smoke.replace("batches('train', 6000)", "batches('train', 64)").replace(
+      "batches('validation', 500)", "batches('validation', 32)").replace(
+          "batches('test', 500)", "batches('test', 32)")
+  assert smoke.count('smoke=True') == 1 and '6000' not in smoke and '500)' not in smoke
+  namespace = {}
+  exec(compile(smoke, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  assert namespace['masks'].shape == (6, 64, 64, 6)
+  assert 0 <= namespace['masks'].min() and namespace['masks'].max() <= 1
+  assert os.path.getsize(os.path.join(workdir, 'new_masks.png')) > 0
+
+  def no_constant(name):
+    raise ValueError(f'results.json holds {name}')
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results = json.loads(f.read(), parse_constant=no_constant)
+  assert 0 <= results['explainer']['iou@0.5'] <= 1
+  assert results['classifier']['num_test_images'] == 32
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = json.load(f)
+  assert config['explainer']['init_from'] == 'distill'  # the black-box start by default
+  assert os.path.isdir(os.path.join(workdir, 'distill'))
+  # The workdir is read back with the function; without it, one line says what to give.
+  loaded = explain.load(workdir, apply_fn=namespace['apply_fn'])
+  np.testing.assert_allclose(loaded.masks(namespace['images']), namespace['masks'], atol=1e-6)
+  with pytest.raises(errors.UserError, match='apply_fn=apply_fn'):
+    explain.load(workdir)
+
+
+def batch(count=4, size=16, classes=3, **changes):
+  rng = np.random.default_rng(0)
+  values = {'image': rng.integers(0, 256, (count, size, size, 3)).astype(np.uint8),
+            'labels': np.eye(classes, dtype=np.float32)[np.arange(count) % classes]}
+  values.update(changes)
+  return values
+
+
+@pytest.mark.parametrize('batches, message', [
+    ([batch(image=np.zeros((4, 16, 16, 3), np.float32))], r"train_batches\[0\]\['image'\]: "
+     'expected uint8 RGB in 0..255, got float32'),
+    ([batch(), batch(size=24)], r"train_batches\[1\]\['image'\]: images of size 24, the earlier "
+     'ones'),
+    ([batch(image=np.zeros((4, 16, 12, 3), np.uint8))], r'expected square RGB images'),
+    ([batch(labels=np.full((4, 3), 0.5))], r"train_batches\[0\]\['labels'\]: expected multi-hot"),
+    ([batch(masks=np.zeros((4, 16, 16)))], r"\['masks'\]: expected per-class masks"),
+    ([batch(masks=np.zeros((4, 16, 16, 3))), batch()], r"1 of 2 batches have 'masks'"),
+    ([(np.zeros((4, 16, 16, 3), np.uint8),)], r"expected a dict with 'image' and 'labels'"),
+    ([], 'no batches'),
+])
+def test_batches_outside_the_image_convention_are_refused(tmp_path, batches, message):
+  workdir = tmp_path / 'w'
+  with pytest.raises(errors.UserError, match=message):
+    api.train_explainer(lambda v, x: x.mean((1, 2)), {}, batches, workdir=str(workdir))
+  assert not workdir.exists()
+
+
+def test_an_apply_fn_that_does_not_give_logits_is_refused(tmp_path):
+  with pytest.raises(errors.UserError, match=r'must return logits \(B,C\)=\(2, 3\)'):
+    api.train_explainer(lambda v, x: x.mean((1, 2, 3)), {}, [batch()],
+                        workdir=str(tmp_path / 'w'))
+  with pytest.raises(errors.UserError, match='apply_fn.*fails on float32 images'):
+    api.train_explainer(lambda v, x: v['missing'], {}, [batch()], workdir=str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
