@@ -57,13 +57,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # The classifier is trained on the folder from scratch (the shipped one knows only the shapes),
   # or given by --config.classifier.checkpoint.
   config.classifier.checkpoint = ''
-  # The Explainer's encoder starts from the classifier's convolutions (the U-Net's encoder has
-  # the SimpleCNN's shapes), its decoder from random weights: the analog of the authors' start
-  # from a backbone trained to classify, with no pretraining made for one data set (the shipped
-  # start knows only the shapes). With a classifier of another architecture, set
-  # explainer.init_from='' (random weights), as the `resnet` and `mixer` variants do.
-  if simple_cnn:
-    config.explainer.init_from = 'classifier'
+  # The Explainer's encoder starts from a backbone trained to classify, as the authors' does from
+  # ImageNet, with no pretraining made for one data set; its decoder from random weights. 'auto':
+  # the classifier's own convolutions when they fit the encoder (this config's SimpleCNN: the
+  # U-Net's encoder has its shapes), else the black-box start (docs/any_classifier.md), which only
+  # calls the classifier: a student of the encoder's shapes learns its predictions on the
+  # folder's training images. --config.explainer.init_from=distill takes the black-box start
+  # for any classifier.
+  config.explainer.init_from = 'auto'
   # Not in the paper: one more classifier pass per step, on the image kept by one target class's
   # own mask, classified against that class alone (losses.explainer_loss). From the classifier's
   # convolutions, it is what pulls the class channels apart: other/own 0.145 against 0.725 with
@@ -98,7 +99,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.classifier.train.object_masking = 0.5
   if 'smoke' in variants:
     # Folders of a few dozen images: batches of 8, a few steps a stage.
-    for train in (config.classifier.train, config.explainer.train):
+    for train in (config.classifier.train, config.explainer.distill, config.explainer.train):
       train.batch_size = 8
       train.max_steps = 4
     config.eval.batch_size = 8

@@ -123,3 +123,24 @@ def test_distill_student_has_the_shapes_of_the_explainers_encoder(tmp_path):
     got = jax.tree.map(jnp.shape, student['params'][f'blocks_{level}'])
     want = jax.tree.map(jnp.shape, explainer['params'][f'ConvBlock_{level}'])
     assert got == want
+
+
+def test_auto_start_copies_a_fitting_simple_cnn_and_distills_for_any_other_classifier(tmp_path):
+  config = smoke_config(str(tmp_path))
+  config.explainer.init_from = model_setup.AUTO_START
+  spec = types_spec(6)
+  size = config.data.image_size
+  explainer = model_setup.build_explainer(config, spec)
+
+  def variables_of(name, **kwargs):
+    module = models.classifiers.build(name, 6, **kwargs)
+    return module.init(jax.random.key(0), jnp.zeros((1, size, size, 3)))
+
+  fitting = variables_of('simple_cnn', **config.classifier.kwargs)
+  assert model_setup.resolve_auto_start(config, explainer, fitting) == 'classifier'
+  wider = variables_of('simple_cnn', **{**config.classifier.kwargs, 'width': 16})
+  resnet = variables_of('resnet', width=8, depth=2)
+  for variables in (wider, resnet, {}):  # {}: a classifier seen only as a function
+    assert model_setup.resolve_auto_start(config, explainer, variables) == 'distill'
+  config.explainer.init_from = ''
+  assert model_setup.resolve_auto_start(config, explainer, fitting) == ''

@@ -265,16 +265,20 @@ def test_natural_variant_has_its_own_data_and_classifier():
     assert combined.data.synthetic.edge_blur > 0, variant
 
 
-def test_classifier_start_variant_changes_the_start_and_the_single_class_term_only():
+@pytest.mark.parametrize('name,start', [('classifier_start', 'classifier'),
+                                        ('blackbox', 'distill')])
+def test_start_variants_change_the_start_the_single_class_term_and_budget_only(name, start):
   from configs import folder as folder_configs  # pylint: disable=g-import-not-at-top
   from configs import synthetic as synthetic_configs  # pylint: disable=g-import-not-at-top
   flat = lambda config: flax.traverse_util.flatten_dict(config.to_dict(), sep='.')
-  default, variant = (flat(synthetic_configs.get_config(arg)) for arg in ('', 'classifier_start'))
+  default, variant = (flat(synthetic_configs.get_config(arg)) for arg in ('', name))
   changed = {key for key in default if default[key] != variant[key]}
-  assert changed == {'explainer.init_from', 'loss.lambda_single'}, changed
-  folder = folder_configs.get_config('')
-  assert (variant['explainer.init_from'], variant['loss.lambda_single']) == (
-      folder.explainer.init_from, folder.loss.lambda_single)  # the folder config's recipe
+  budget = {'explainer.train.max_steps', 'explainer.train.decay_steps'}
+  assert changed == {'explainer.init_from', 'loss.lambda_single'} | (
+      budget if name == 'blackbox' else set()), changed
+  assert (variant['explainer.init_from'], variant['loss.lambda_single']) == (start, 0.3)
+  folder = folder_configs.get_config('')  # 'auto' picks one of the two by the classifier
+  assert (folder.explainer.init_from, folder.loss.lambda_single) == ('auto', 0.3)
 
 
 def test_classifier_family_variants_compose_with_smoke_and_scratch_in_any_order():
@@ -304,7 +308,8 @@ def test_classifier_family_variants_compose_with_smoke_and_scratch_in_any_order(
     assert folder.explainer.init_from != 'classifier'
     assert flat(folder_configs.get_config(f'smoke,{family}')) == flat(
         folder_configs.get_config(f'{family},smoke'))
-  assert folder_configs.get_config('').explainer.init_from == 'classifier'  # the SimpleCNN's
+    assert config.explainer.init_from == 'distill'  # the black-box start
+    assert folder.explainer.init_from == 'auto'
 
 
 @pytest.mark.parametrize('bad', [dict(object_texture=1.5), dict(object_texture=-0.1),

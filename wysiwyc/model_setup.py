@@ -84,6 +84,8 @@ def start_description(model_config) -> str:
     return "the classifier's convolutions (encoder), random decoder"
   if init_from == DISTILL_START:
     return 'the distilled encoder (black-box start), random decoder'
+  if init_from == AUTO_START:
+    return "the classifier's convolutions if they fit the encoder, else the black-box start"
   if init_from:
     return os.path.abspath(init_from)
   pretrained = model_config.kwargs.get('pretrained')
@@ -162,6 +164,27 @@ def with_initial_explainer(config, spec, state: train_steps.TrainState, mesh: Me
 CLASSIFIER_START = 'classifier'
 # The black-box start: the encoder of a student distilled from the classifier's predictions.
 DISTILL_START = 'distill'
+# CLASSIFIER_START when the classifier's convolutions fit the encoder, else DISTILL_START.
+AUTO_START = 'auto'
+NAMED_STARTS = (CLASSIFIER_START, DISTILL_START, AUTO_START)
+
+
+def resolve_auto_start(config, explainer: nn.Module, classifier_variables: dict) -> str:
+  """`explainer.init_from` with 'auto' resolved: 'classifier' when `classifier_variables` hold
+  convolution blocks that fit the U-Net's encoder (a SimpleCNN of its shapes), else 'distill'."""
+  source = config.explainer.get('init_from', '')
+  if source != AUTO_START:
+    return source
+  size = config.data.image_size
+  shapes = jax.eval_shape(lambda: explainer.init(jax.random.key(0),
+                                                 jnp.zeros((1, size, size, 3)), train=False))
+  try:
+    encoder_from_classifier(
+        {'params': shapes['params'], 'batch_stats': shapes.get('batch_stats', {})},
+        classifier_variables, config.explainer.kwargs.get('depth', 3))
+  except errors.UserError:
+    return DISTILL_START
+  return CLASSIFIER_START
 
 
 def encoder_from_classifier(explainer_variables: dict, classifier_variables: dict,
@@ -175,12 +198,12 @@ def encoder_from_classifier(explainer_variables: dict, classifier_variables: dic
   copied = []
   for level in range(depth + 1):
     ours, theirs = f'ConvBlock_{level}', f'blocks_{level}'
-    if theirs not in classifier_variables['params']:
+    if theirs not in classifier_variables.get('params', {}):
       break
     for collection in ('params', 'batch_stats'):
       mine = explainer_variables[collection].get(ours)
       given = classifier_variables.get(collection, {}).get(theirs)
-      shapes = [jax.tree.map(jnp.shape, tree) for tree in (mine, given)]
+      shapes = [jax.tree.map(lambda a: tuple(a.shape), tree) for tree in (mine, given)]
       if mine is None or given is None or shapes[0] != shapes[1]:
         raise errors.UserError(
             f"explainer.init_from='classifier': the classifier's block {level} does not fit the "

@@ -120,11 +120,11 @@ def check_inputs_available(config: ml_collections.ConfigDict) -> None:
     if shipped.entry_name(init_from) not in entries:
       problems.append(f'explainer.init_from={init_from!r}: no such zoo entry (shipped: '
                       f"{', '.join(entries) or 'none'}); fix the name or leave it empty.")
-  elif (init_from and init_from not in (model_setup.CLASSIFIER_START, model_setup.DISTILL_START)
+  elif (init_from and init_from not in model_setup.NAMED_STARTS
         and not os.path.isdir(init_from)):
     problems.append(f'explainer.init_from={init_from!r}: no such folder (a wysiwyc workdir, an '
-                    "orbax checkpoint folder, 'zoo:NAME' or 'classifier'); fix the path or leave "
-                    'it empty.')
+                    "orbax checkpoint folder, 'zoo:NAME', 'classifier', 'distill' or 'auto'); fix "
+                    'the path or leave it empty.')
   if problems:
     raise errors.UserError(sources.format_missing(problems))
 

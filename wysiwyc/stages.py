@@ -79,8 +79,12 @@ def explainer_stage(config, spec, workdir: str, mesh: Mesh, classifier, classifi
   explainer = model_setup.build_explainer(config, spec)
   tc = config.explainer.train
   micro_batches = tc.get('grad_accum_steps', 1)
+  start = model_setup.resolve_auto_start(config, explainer, classifier_variables)
+  if start != config.explainer.get('init_from', ''):
+    config = config.copy_and_resolve_references()
+    config.explainer.init_from = start
   encoder_variables = classifier_variables
-  if config.explainer.get('init_from', '') == model_setup.DISTILL_START:
+  if start == model_setup.DISTILL_START:
     encoder_variables = distill_stage(config, spec, workdir, mesh, classifier,
                                       classifier_variables, jax.random.fold_in(rng, 7))
   state, tx = model_setup.initial_explainer_state(config, spec, explainer, mesh, rng,
