@@ -55,6 +55,20 @@ def test_readme_snippet_runs_at_smoke_size(tmp_path):
   np.testing.assert_allclose(loaded.masks(namespace['images']), namespace['masks'], atol=1e-6)
   with pytest.raises(errors.UserError, match='apply_fn=apply_fn'):
     explain.load(workdir)
+  # evaluate: the numbers of results.json on the same test images, and a baseline's beside them.
+  test_batches = list(namespace['batches']('test', 32))
+  scored = api.evaluate(loaded, test_batches)
+  for method in ('explainer', 'all_1', 'ground_truth'):
+    for metric in ('iou@0.5', 'cont_iou', 'per_class_iou@0.5', 'saliency'):
+      assert scored[method][metric] == pytest.approx(results[method][metric], abs=1e-5), (
+          method, metric)
+  for metric in ('specificity_own', 'specificity_other_over_own'):
+    assert scored['explainer'][metric] == pytest.approx(results['explainer'][metric], abs=1e-5)
+  assert scored['classifier'] == pytest.approx(results['classifier'], abs=1e-5)
+  baseline = api.evaluate(loaded, test_batches, method='gradients')
+  assert 'explainer' not in baseline and 0 <= baseline['gradients']['iou@0.5'] <= 1
+  with pytest.raises(errors.UserError, match="method='nope'; choose one of"):
+    api.evaluate(loaded, test_batches, method='nope')
 
 
 def batch(count=4, size=16, classes=3, **changes):

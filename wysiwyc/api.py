@@ -1,10 +1,12 @@
-"""The Python entry: train an Explainer for a classifier held in memory, from numpy batches.
+"""The Python entry: train and evaluate an Explainer for a classifier held in memory.
 
     from wysiwyc import api
     apply_fn, variables, class_names = api.load_classifier('zoo:synthetic_shapes_cnn')
     explainer = api.train_explainer(apply_fn, variables, train_batches, class_names=class_names,
                                     workdir='workdirs/mine', test_batches=test_batches)
     masks = explainer.masks(images_uint8)          # (B,H,W,C) in [0,1]
+    results = api.evaluate(explainer, test_batches)              # results.json's metrics
+    rise = api.evaluate(explainer, test_batches, method='rise')  # a baseline's, the same way
 
 Image convention:
 - batches (what `train_explainer` takes): dicts {'image': uint8 (B,S,S,3) RGB in 0..255,
@@ -28,10 +30,12 @@ import os
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from wysiwyc import attribution
 from wysiwyc import checkpointing
 from wysiwyc import classifier_check
 from wysiwyc import config_check
@@ -236,3 +240,60 @@ def train_explainer(apply_fn: Callable, variables: Any, train_batches: Iterable[
   evaluation.evaluate_and_report(config, spec, workdir, mesh, classifier, classifier_variables,
                                  explainer, explainer_variables)
   return explain.load(workdir, apply_fn=apply_fn, variables=variables)
+
+
+def evaluate(explainer: explain.Explainer, test_batches, *, method: str = '',
+             method_kwargs: Optional[Dict[str, Any]] = None,
+             batch_size: Optional[int] = None) -> dict:
+  """The metrics of results.json (the paper's protocol, `evaluation.score_batch`, next to the
+  reference masks; class specificity; the classifier's accuracies) of `explainer`'s masks, or
+  with `method` (a name of `wysiwyc.attribution.METHODS`, with `method_kwargs`) of that method's
+  maps for `explainer`'s classifier, on `test_batches` (the module's image convention, at the
+  explainer's image size; 'masks' for the mask metrics). `batch_size`: the workdir's
+  `eval.batch_size` unless given; with it, an Explainer's numbers are those of its
+  results.json on the same images."""
+  collected = collect_batches(test_batches, 'test_batches', len(explainer.class_names))
+  size = collected['image'].shape[1]
+  if size != explainer.image_size:
+    raise errors.UserError(f'test_batches: images of size {size}; this explainer works at '
+                           f'{explainer.image_size} (resize them first).')
+  if method and method not in attribution.METHODS:
+    raise errors.UserError(f'method={method!r}; choose one of '
+                           f'{", ".join(sorted(attribution.METHODS))}.')
+  batch_size = batch_size or int(explainer.config.eval.batch_size)
+  mesh = data_parallel.create_mesh()
+  masked = 'class_masks' in collected
+  class_masks = collected.get('class_masks', np.zeros(
+      collected['image'].shape[:3] + collected['labels'].shape[1:], np.uint8))
+  classifier, multilabel = explainer.classifier, explainer.multilabel
+  if method:
+    view = attribution.Classifier(classifier, multilabel=multilabel)
+    make = lambda _, images: attribution.METHODS[method](view, explainer.classifier_variables,
+                                                         images, **(method_kwargs or {}))
+  else:
+    make = lambda variables, images: jax.nn.sigmoid(
+        explainer.explainer.apply(variables, images, train=False))
+  repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  step = jax.jit(lambda ev, cv, batch: evaluation.score_batch(
+      make(ev, batch['image']), classifier, cv, batch, multilabel),
+                 in_shardings=(repl, repl, data), out_shardings=data)
+  totals = evaluation.Totals(multilabel)
+  count = len(collected['image'])
+  for start in range(0, count, batch_size):
+    rows = slice(start, min(start + batch_size, count))
+    pad = batch_size - (rows.stop - rows.start)
+    padded = lambda a: np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)]) if pad else a
+    masks = padded(class_masks[rows]).astype(np.float32)
+    batch = {'image': explain.normalize(padded(collected['image'][rows])),
+             'labels': padded(collected['labels'][rows]).astype(np.float32),
+             'class_masks': masks, 'foreground': masks.max(-1),
+             'valid': np.arange(batch_size) < rows.stop - rows.start}
+    sharded = data_parallel.shard_batch(batch, mesh)
+    (scores, extras), valid = data_parallel.fetch_global(
+        (step(explainer.explainer_variables, explainer.classifier_variables, sharded),
+         sharded['valid']))
+    totals.add(scores, extras, valid)
+  results = totals.results(masked=masked)
+  if method:
+    results[method] = results.pop('explainer')
+  return evaluation.without_nan(results)

@@ -84,26 +84,33 @@ def score_method(class_masks_pred, batch, classify) -> Dict[str, jnp.ndarray]:
 def make_eval_batch_fn(explainer: nn.Module, classifier: nn.Module, multilabel: bool) -> Callable:
   """(explainer_vars, classifier_vars, batch) -> (per-method per-image scores, extras)."""
   def eval_batch(explainer_variables, classifier_variables, batch):
-    classify = lambda images: classifier.apply(classifier_variables, images, train=False)
     masks = jax.nn.sigmoid(explainer.apply(explainer_variables, batch['image'], train=False))
-    methods = {'explainer': masks, **reference_class_masks(batch['class_masks'])}
-    # One vmap over the methods keeps the compiled program the size of one method's.
-    stacked = jax.vmap(lambda m: score_method(m, batch, classify))(
-        jnp.stack(list(methods.values())))
-    scores = {name: jax.tree.map(lambda x, i=i: x[i], stacked) for i, name in enumerate(methods)}
-    merged = metrics.merge_class_masks(masks, batch['labels'])
-    image = batch['image']
-    plain, kept, dropped = jnp.split(
-        classify(jnp.concatenate([image, merged[..., None] * image,
-                                  (1 - merged[..., None]) * image])), 3)
-    accuracy = lambda logits: train_steps.per_class_accuracy(logits, batch['labels'], multilabel)
-    extras = {'accuracy_plain': accuracy(plain), 'accuracy_kept': accuracy(kept),
-              'accuracy_dropped': accuracy(dropped),
-              'probabilities': classifier_probabilities(plain, multilabel), 'masks': masks,
-              **specificity_sums(classify, image, masks, batch['labels'], multilabel,
-                                 classifier_probabilities(plain, multilabel))}
-    return scores, extras
+    return score_batch(masks, classifier, classifier_variables, batch, multilabel)
   return eval_batch
+
+
+def score_batch(masks, classifier, classifier_variables, batch, multilabel: bool):
+  """(per-method per-image scores, extras) of per-class masks (B,H,W,C) in [0,1] made for
+  `batch` (normalized images, labels, class_masks, foreground), next to the reference masks; the
+  classifier is only called (`classifier.apply(variables, images, train=False)`)."""
+  classify = lambda images: classifier.apply(classifier_variables, images, train=False)
+  methods = {'explainer': masks, **reference_class_masks(batch['class_masks'])}
+  # One vmap over the methods keeps the compiled program the size of one method's.
+  stacked = jax.vmap(lambda m: score_method(m, batch, classify))(
+      jnp.stack(list(methods.values())))
+  scores = {name: jax.tree.map(lambda x, i=i: x[i], stacked) for i, name in enumerate(methods)}
+  merged = metrics.merge_class_masks(masks, batch['labels'])
+  image = batch['image']
+  plain, kept, dropped = jnp.split(
+      classify(jnp.concatenate([image, merged[..., None] * image,
+                                (1 - merged[..., None]) * image])), 3)
+  accuracy = lambda logits: train_steps.per_class_accuracy(logits, batch['labels'], multilabel)
+  extras = {'accuracy_plain': accuracy(plain), 'accuracy_kept': accuracy(kept),
+            'accuracy_dropped': accuracy(dropped),
+            'probabilities': classifier_probabilities(plain, multilabel), 'masks': masks,
+            **specificity_sums(classify, image, masks, batch['labels'], multilabel,
+                               classifier_probabilities(plain, multilabel))}
+  return scores, extras
 
 
 def specificity_sums(classify, images, masks, labels, multilabel: bool,
@@ -196,46 +203,63 @@ def evaluate_and_report(config, spec, workdir: str, mesh: Mesh, classifier, clas
       config.data, 'test', config.eval.batch_size, training=False, seed=config.seed,
       process_index=data_parallel.batch_block(mesh), process_count=jax.process_count(),
       max_examples=config.eval.get('max_examples', 0))
-  per_method: Dict[str, list] = {}
-  class_weights: Dict[str, list] = {}
-  image_weights, classifier_chunks = [], []
-  specificity = dict.fromkeys(SPECIFICITY_KEYS + (() if spec.multilabel else RUNNER_UP_KEYS),
-                              0.0)
+  totals = Totals(spec.multilabel)
   figure_batch: Optional[dict] = None
-  seen = 0
   for batch in pipeline.as_numpy(dataset):
     sharded = data_parallel.shard_batch(batch, mesh)
     # Every process gets the scores of the whole global batch (other processes' rows too).
     (scores, extras), valid = data_parallel.fetch_global(
         (eval_batch(explainer_variables, classifier_variables, sharded), sharded['valid']))
-    valid = valid.astype(np.float64)
-    seen += int(valid.sum())
-    image_weights.append(valid)
-    for name, values in scores.items():
-      per_method.setdefault(name, []).append(values)
-      class_weights.setdefault(name, []).append(valid * values['_num_classes'])
-    classifier_chunks.append({k: extras[k] for k in extras if k.startswith('accuracy')})
-    for key in specificity:
-      specificity[key] += float(np.sum(extras[key] * valid))
+    totals.add(scores, extras, valid)
     if figure_batch is None:
       batch = data_parallel.fetch_global(sharded)
       figure_batch = {'image': pipeline.denormalize(batch['image']), 'masks': extras['masks'],
                       'class_masks': batch['class_masks'], 'labels': batch['labels'],
                       'probabilities': extras['probabilities']}
-
-  # Without ground-truth masks every mask metric would score against empty masks.
-  results = {'note': NO_MASKS_NOTE} if 'test' in spec.unmasked_splits else {}
-  for name, chunks in (per_method.items() if not results else ()):
-    image_means = _weighted_means([{k: v for k, v in c.items() if k != 'per_class_iou@0.5'
-                                    and not k.startswith('_')} for c in chunks], image_weights)
-    # Per-class IoU is a mean over (image, present class) pairs.
-    per_class = _weighted_means([{'v': c['per_class_iou@0.5']} for c in chunks],
-                                class_weights[name])['v']
-    results[name] = {**image_means, 'per_class_iou@0.5': per_class}
-  results.setdefault('explainer', {}).update(specificity_summary(specificity))
-  results['classifier'] = _weighted_means(classifier_chunks, image_weights)
-  results['classifier']['num_test_images'] = seen
+  results = totals.results(masked='test' not in spec.unmasked_splits)
   return _report(config, spec, workdir, results, figure_batch)
+
+
+class Totals:
+  """The running sums of `score_batch`'s outputs over the test batches, and the results they
+  give (results.json's metrics, before the provenance)."""
+
+  def __init__(self, multilabel: bool):
+    self.per_method: Dict[str, list] = {}
+    self.class_weights: Dict[str, list] = {}
+    self.image_weights, self.classifier_chunks = [], []
+    self.specificity = dict.fromkeys(SPECIFICITY_KEYS + (() if multilabel else RUNNER_UP_KEYS),
+                                     0.0)
+    self.seen = 0
+
+  def add(self, scores: dict, extras: dict, valid: np.ndarray) -> None:
+    """One batch's (numpy) scores and extras; `valid` (B,) False on padding rows."""
+    valid = valid.astype(np.float64)
+    self.seen += int(valid.sum())
+    self.image_weights.append(valid)
+    for name, values in scores.items():
+      self.per_method.setdefault(name, []).append(values)
+      self.class_weights.setdefault(name, []).append(valid * values['_num_classes'])
+    self.classifier_chunks.append({k: extras[k] for k in extras if k.startswith('accuracy')})
+    for key in self.specificity:
+      self.specificity[key] += float(np.sum(extras[key] * valid))
+
+  def results(self, masked: bool) -> dict:
+    """Without ground-truth masks (`masked=False`) no mask metrics: every one would score
+    against empty masks."""
+    results = {} if masked else {'note': NO_MASKS_NOTE}
+    for name, chunks in (self.per_method.items() if not results else ()):
+      image_means = _weighted_means([{k: v for k, v in c.items() if k != 'per_class_iou@0.5'
+                                      and not k.startswith('_')} for c in chunks],
+                                    self.image_weights)
+      # Per-class IoU is a mean over (image, present class) pairs.
+      per_class = _weighted_means([{'v': c['per_class_iou@0.5']} for c in chunks],
+                                  self.class_weights[name])['v']
+      results[name] = {**image_means, 'per_class_iou@0.5': per_class}
+    results.setdefault('explainer', {}).update(specificity_summary(self.specificity))
+    results['classifier'] = _weighted_means(self.classifier_chunks, self.image_weights)
+    results['classifier']['num_test_images'] = self.seen
+    return results
 
 
 def _report(config, spec, workdir: str, results: dict, figure_batch: Optional[dict]) -> dict:
