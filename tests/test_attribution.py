@@ -525,3 +525,15 @@ def test_normalize_maps_rescales_each_map_and_zeroes_constant_ones():
   out = np.asarray(common.normalize_maps(jnp.asarray(maps, jnp.float32)))
   assert out[0, ..., 0].min() == 0 and out[0, ..., 0].max() == 1
   np.testing.assert_array_equal(out[0, ..., 1], 0)
+
+
+@pytest.mark.parametrize('name', sorted(attribution.METHODS))
+def test_every_method_refuses_uint8_pixels_in_one_line(quadrant, name):
+  """The methods take normalized floats; uint8 pixels (the explain API's input) are refused
+  before any work, with the normalization to apply."""
+  classifier, variables, _ = quadrant
+  pixels = np.zeros((1, SIZE, SIZE, 3), np.uint8)
+  with pytest.raises(ValueError, match=r'Expected float images normalized .* got uint8\. '
+                     r'Normalize uint8 pixels first') as raised:
+    attribution.METHODS[name](classifier, variables, pixels)
+  assert '\n' not in str(raised.value)

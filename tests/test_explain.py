@@ -209,3 +209,12 @@ def test_single_label_predicts_its_top_class_whatever_its_probability():
   summary = explain.scores('x.png', np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3)), probs,
                            CLASSES, 0.5, multilabel=False)
   assert summary['predicted'] == [CLASSES[0]] and summary['threshold'] is None
+
+
+def test_lists_of_images_of_different_shapes_and_float_pixels_are_refused(explainer):
+  images = [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 10, 3), np.uint8)]
+  with pytest.raises(errors.UserError, match=r'Images of different shapes in one list'):
+    explainer.masks(images)
+  assert explainer.masks([np.zeros((8, 8, 3), np.uint8)] * 2).shape[:3] == (2, 8, 8)
+  with pytest.raises(errors.UserError, match='normalize takes uint8 pixels'):
+    explain.normalize(np.zeros((1, 4, 4, 3), np.float32))

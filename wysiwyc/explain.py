@@ -4,7 +4,7 @@ Python:
 
   from wysiwyc import explain
   explainer = explain.load('workdirs/synthetic')
-  masks = explainer.masks(images)        # uint8 (B,H,W,3) -> (B,H,W,C) in [0,1]
+  masks = explainer.masks(images)        # uint8 (B,H,W,3) in 0..255, any size -> (B,H,W,C) in [0,1]
   probs = explainer.predict(images)      # (B,C) class probabilities
 
 Command line (per image: a figure `<name>.png` and the scores `<name>.json`; the workdir is only
@@ -42,7 +42,15 @@ from wysiwyc.attribution.common import IMAGENET_MEAN, IMAGENET_STD
 
 
 class Explainer:
-  """A trained explainer and its frozen classifier, read from a workdir."""
+  """A trained explainer and its frozen classifier, read from a workdir.
+
+  Image convention: `masks` and `predict` take uint8 RGB pixels in 0..255, one image (H,W,3) or
+  a batch (B,H,W,3) (an array, or a list of images of one shape), any size: they are resized to
+  the workdir's image size and ImageNet-normalized here (`normalize`). Float images are refused
+  in one line, as are lists of images of different shapes. The modules themselves
+  (`self.classifier`, `self.explainer`, and `wysiwyc.attribution`'s methods) take the normalized
+  float32 images.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, spec: dict, classifier, classifier_vars,
                explainer, explainer_vars):
@@ -57,6 +65,11 @@ class Explainer:
     self._classify = jax.jit(lambda v, x: classifier.apply(v, x, train=False))
 
   def _prepare(self, images) -> Tuple[np.ndarray, bool]:
+    if isinstance(images, (list, tuple)):
+      shapes = sorted({tuple(np.shape(image)) for image in images})
+      if len(shapes) > 1:
+        raise errors.UserError(f'Images of different shapes in one list: {shapes}; give one '
+                               'image at a time, or resize them to one size first.')
     images = np.asarray(images)
     single = images.ndim == 3
     if single:
@@ -99,6 +112,11 @@ def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def normalize(images_uint8: np.ndarray) -> np.ndarray:
+  """uint8 RGB (..., 3) in 0..255 -> float32 ImageNet-normalized, `(x/255 - mean)/std`: what the
+  classifiers, the Explainer and `wysiwyc.attribution` take."""
+  if np.asarray(images_uint8).dtype != np.uint8:
+    raise errors.UserError(f'normalize takes uint8 pixels in 0..255; got '
+                           f'{np.asarray(images_uint8).dtype}.')
   mean, std = np.asarray(IMAGENET_MEAN), np.asarray(IMAGENET_STD)
   return ((images_uint8.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
 

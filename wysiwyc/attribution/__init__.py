@@ -3,7 +3,8 @@
     from wysiwyc import attribution
     classifier = attribution.Classifier(module, multilabel=True)   # a Flax classifier
     maps = attribution.METHODS['rise'](classifier, variables, images, key=jax.random.key(0))
-    # images (B,H,W,3) normalized -> maps (B,H,W,C) in [0,1], one per class
+    # images float32 (B,H,W,3), ImageNet-normalized ((x/255 - mean)/std, as the pipelines give
+    # them; uint8 is refused) -> maps (B,H,W,C) in [0,1], one per class
 
 Every entry of `METHODS` is `method(classifier, variables, images, *, key=None, chunk_size=...,
 normalize=True, **hyperparameters) -> (B,H,W,C)`; see `common` for the conventions (min-max

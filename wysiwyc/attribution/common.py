@@ -1,8 +1,9 @@
 """What every attribution method shares: the classifier view, normalization, chunked sums, blur.
 
 Conventions of `wysiwyc.attribution`:
-- Images are (B,H,W,3), normalized as the classifier expects (the project's pipelines:
-  ImageNet mean/std). Attributions are (B,H,W,C), one map per class, class axis last.
+- Images are float (B,H,W,3), normalized as the classifier expects (the project's pipelines:
+  ImageNet mean/std, `(x/255 - mean)/std`); integer (uint8) images are refused in one line
+  (`check_images`). Attributions are (B,H,W,C), one map per class, class axis last.
 - With `normalize=True` (the default) each (image, class) map is min-max rescaled to [0,1], as
   the authors rescale every baseline before scoring it (`rescale_mask` in NN-Explainer); a
   constant map becomes all zeros.
@@ -21,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from wysiwyc import errors
 
 # The normalization of the project's input pipelines (wysiwyc.data.pipeline); LIME needs it to
 # run SLIC on the pixels. Copied, not imported, so that this package does not load TensorFlow.
@@ -69,9 +72,16 @@ class Classifier:
 
 
 def check_images(images: chex.Array) -> None:
-  chex.assert_rank(images, 4)
-  if images.shape[-1] != 3:
-    raise ValueError(f'Expected images (B,H,W,3); got shape {images.shape}.')
+  """Refuses, in one line, what no method takes: images that are not (B,H,W,3), or not floats
+  (uint8 pixels handed over without the normalization the classifier expects)."""
+  if getattr(images, 'ndim', None) != 4 or images.shape[-1] != 3:
+    raise errors.UserError(f'Expected images (B,H,W,3); got shape '
+                           f'{getattr(images, "shape", type(images).__name__)}.')
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise errors.UserError(
+        f'Expected float images normalized as the classifier expects (the pipelines: ImageNet '
+        f'mean/std, (x/255 - mean)/std); got {images.dtype}. Normalize uint8 pixels first: '
+        'wysiwyc.explain.normalize(images).')
 
 
 def default_key(key):
