@@ -24,7 +24,7 @@ def readme_snippet() -> str:
   return snippet
 
 
-def test_readme_snippet_runs_at_smoke_size(tmp_path):
+def test_readme_snippet_runs_at_smoke_size(tmp_path, capfd):
   snippet = readme_snippet()
   workdir = str(tmp_path / 'api')
   smoke = snippet.replace("'workdirs/api'", repr(workdir)).replace(
@@ -65,6 +65,17 @@ def test_readme_snippet_runs_at_smoke_size(tmp_path):
   for metric in ('specificity_own', 'specificity_other_over_own'):
     assert scored['explainer'][metric] == pytest.approx(results['explainer'][metric], abs=1e-5)
   assert scored['classifier'] == pytest.approx(results['classifier'], abs=1e-5)
+  # A second call with the same arguments reuses the workdir's stages.
+  capfd.readouterr()
+  again = api.train_explainer(
+      namespace['apply_fn'], namespace['variables'], list(namespace['batches']('train', 64)),
+      class_names=namespace['class_names'], config=api.default_config(smoke=True),
+      validation_batches=list(namespace['batches']('validation', 32)),
+      test_batches=test_batches, workdir=workdir)
+  err = capfd.readouterr().err
+  for stage in ('distill', 'explainer'):
+    assert f'{stage}: finished in this workdir earlier' in err, err[-2000:]
+  np.testing.assert_allclose(again.masks(namespace['images']), namespace['masks'], atol=1e-6)
   baseline = api.evaluate(loaded, test_batches, method='gradients')
   assert 'explainer' not in baseline and 0 <= baseline['gradients']['iou@0.5'] <= 1
   with pytest.raises(errors.UserError, match="method='nope'; choose one of"):
