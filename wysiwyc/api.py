@@ -106,9 +106,9 @@ def collect_batches(batches, what: str, num_classes: Optional[int] = None,
   for index, batch in enumerate(batches):
     where = f'{what}[{index}]'
     if not isinstance(batch, dict) or 'image' not in batch or 'labels' not in batch:
+      keys = f' with keys {sorted(batch)}' if isinstance(batch, dict) else ''
       raise errors.UserError(f"{where}: expected a dict with 'image' and 'labels' (and optional "
-                             f"'masks'); got {type(batch).__name__}"
-                             f"{' with keys ' + str(sorted(batch)) if isinstance(batch, dict) else ''}.")
+                             f"'masks'); got {type(batch).__name__}{keys}.")
     image = np.asarray(batch['image'])
     if image.dtype != np.uint8:
       raise errors.UserError(f"{where}['image']: expected uint8 RGB in 0..255, got {image.dtype} "

@@ -20,7 +20,8 @@ from wysiwyc import models
 
 
 def _describe(error: Exception) -> str:
-  return f'{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ""}'
+  lines = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {lines[-1] if lines else ""}'
 
 
 def build(name: str, num_classes: int, field: str = 'classifier.name', **kwargs) -> nn.Module:
