@@ -1,4 +1,5 @@
-"""Smoke test of experiments/compare_methods.py on fabricated (untrained) workdirs, 3 images."""
+"""Smoke test of the comparison harness (wysiwyc.compare, the library of
+experiments/compare_methods.py) on fabricated (untrained) workdirs, 3 images."""
 
 import csv
 import json
@@ -11,7 +12,7 @@ import pytest
 from tests.conftest import fabricate_workdir, smoke_config
 from wysiwyc.data import pipeline
 
-import experiments.compare_methods as compare_methods  # pylint: disable=g-bad-import-order
+from wysiwyc import compare as compare_methods  # pylint: disable=g-bad-import-order
 
 # A subset keeps the test short; every method's output is tested in tests/test_attribution.py.
 METHODS = ['explainer', 'real_time_saliency', 'self_explainer', 'grad_cam', 'rise',
@@ -116,3 +117,17 @@ def test_rts_is_trained_like_the_explainer_by_default(tmp_path):
   assert rts.explainer.train.to_dict() == config.explainer.train.to_dict()
   assert rts.explainer.init_from == config.explainer.init_from
   assert rts.explainer.kwargs.to_dict() == config.explainer.kwargs.to_dict()
+
+
+def test_the_script_is_a_thin_client_whose_flags_are_the_harness_options():
+  import experiments.compare_methods as script  # pylint: disable=g-import-not-at-top
+  assert script.OPTION_FLAGS == tuple(compare_methods.DEFAULT_OPTIONS)
+  fresh = flags.FlagValues()
+  compare_methods.define_option_flags(fresh)
+  compare_methods.define_option_flags(fresh)  # a second client: no flag defined twice
+  assert {name: fresh[name].default for name in script.OPTION_FLAGS} == (
+      compare_methods.DEFAULT_OPTIONS)
+  assert 'workdir' in fresh and 'out' in fresh
+  with open(script.__file__) as f:
+    source = f.read()
+  assert len(source.splitlines()) < 250 and 'from experiments' not in source

@@ -3,10 +3,12 @@ and experiments/shortcut.py end to end at smoke size."""
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
 
+from tests.conftest import REPO
 from wysiwyc.data import synthetic
 
 CUED = dict(image_size=32, num_train=20, num_validation=8, num_test=24, seed=3, cue_classes=2,
@@ -183,7 +185,7 @@ def test_report_follows_the_contract(report):
 
 
 def test_deletion_removes_the_top_pixels_and_measures_the_drop():
-  import experiments.shortcut as shortcut  # pylint: disable=g-import-not-at-top
+  from wysiwyc import shortcut_probe as shortcut  # pylint: disable=g-import-not-at-top
   maps = np.zeros((1, 4, 4), np.float32)
   maps[0, 1, 2:] = [0.9, 0.8]
   maps[0, 3, 0] = 0.5
@@ -238,3 +240,10 @@ def test_shipped_shortcut_classifier_relies_on_the_cue_and_the_control_does_not(
   assert abs(control['test']['cued'] - control[synthetic.SWAPPED_SPLIT]['cued']) <= 0.05
   # Both learned the shapes of the classes without a cue.
   assert min(shortcut['test']['other'], control['test']['other']) >= 0.9
+
+
+def test_the_script_is_a_thin_client_of_the_package():
+  path = os.path.join(REPO, 'experiments', 'shortcut.py')
+  with open(path) as f:
+    source = f.read()
+  assert len(source.splitlines()) < 250 and 'from experiments' not in source
