@@ -131,6 +131,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # at 0.5, with a straight-through gradient (losses.explainer_loss), so that a classifier which
   # normalizes each image cannot read a faint mask's image as the whole image.
   config.loss.binary_masks = False
+  # NOT in the paper ('zeros' = the paper's): what fills the removed pixels of the kept and dropped
+  # images; 'blur': the image blurred by a Gaussian of fill_blur_sigma times its side.
+  config.loss.fill = 'zeros'
+  config.loss.fill_blur_sigma = 0.125
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64

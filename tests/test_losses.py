@@ -758,3 +758,28 @@ def test_binary_masks_stop_a_scale_invariant_classifier_reading_a_faint_mask_as_
   assert full < 0.3
   np.testing.assert_allclose(soft, full, rtol=1e-3)  # the faint mask keeps the whole image
   assert binary > soft + 0.3  # the binary mask keeps nothing of it
+
+
+def test_blur_fill_puts_the_blurred_image_where_the_mask_removes_pixels():
+  segmentations = jax.random.normal(jax.random.key(4), (2, 16, 16, 3)) * 3.0
+  images = jax.random.normal(jax.random.key(5), (2, 16, 16, 3))
+  targets = jnp.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+  seen = []
+
+  def classify(batch):
+    seen.append(batch)
+    return batch.mean(axis=(1, 2))
+
+  losses.explainer_loss(segmentations, images, targets, classify, fill='blur',
+                        fill_blur_sigma=0.25)
+  mask = losses.extract_masks(segmentations, targets)[0][..., None]
+  blurred = losses.blurred_images(images, 0.25)
+  kept, dropped = jnp.split(seen[-1], 2)
+  np.testing.assert_allclose(kept, mask * images + (1 - mask) * blurred, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(dropped, (1 - mask) * images + mask * blurred, rtol=1e-5, atol=1e-6)
+  # The blur keeps a flat image as it is (no darkening at the borders) and smooths noise.
+  np.testing.assert_allclose(losses.blurred_images(jnp.full((1, 9, 7, 3), 2.0), 0.2), 2.0,
+                             rtol=1e-5)
+  assert float(blurred.std()) < 0.5 * float(images.std())
+  with pytest.raises(ValueError, match='fill'):
+    losses.explainer_loss(segmentations, images, targets, classify, fill='noise')

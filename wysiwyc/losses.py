@@ -187,7 +187,8 @@ def explainer_loss(segmentations: Array, images: Array, targets: Array, classify
                    min_area: float = 0.05, max_area: float = 0.3, lambda_single: float = 0.0,
                    lambda_overlap: float = 0.0, lambda_pooled: float = 0.0,
                    pooled_sharpness: float = 1.0, multilabel: bool = True,
-                   binary_masks: bool = False) -> tuple[Array, dict[str, Array]]:
+                   binary_masks: bool = False, fill: str = 'zeros',
+                   fill_blur_sigma: float = 0.125) -> tuple[Array, dict[str, Array]]:
   """The Explainer's loss (Stalder et al. 2022). Returns (total, unweighted terms).
 
   With `lambda_single = lambda_overlap = lambda_pooled = 0` and `binary_masks=False` (the
@@ -201,19 +202,28 @@ def explainer_loss(segmentations: Array, images: Array, targets: Array, classify
   thresholded at 0.5 (`straight_through_binary`), the gradient flowing as through the soft
   masks. A classifier that normalizes each image (or each patch) reads a faint mask's image
   `0.05 * x` as `x`; with binary masks a pixel is kept whole or not at all.
+
+  `fill` (NOT in the paper when not 'zeros'): what replaces the removed pixels of the kept and
+  dropped images; 'blur' puts the image blurred by a Gaussian of `fill_blur_sigma` times its
+  side there (`blurred_images`), so that a faint mask keeps a blurred image, not a faint copy.
   """
   chex.assert_rank([segmentations, images, targets], [4, 4, 2])
   chex.assert_equal(segmentations.shape[:3], images.shape[:3])
   segmentations = segmentations.astype(jnp.float32)  # losses in f32 under mixed precision
   target_mask, non_target_mask = extract_masks(segmentations, targets)
   seen = straight_through_binary if binary_masks else (lambda mask: mask)
+  if fill not in ('zeros', 'blur'):
+    raise ValueError(f"fill must be 'zeros' or 'blur', got {fill!r}")
+  filler = (jax.lax.stop_gradient(blurred_images(images, fill_blur_sigma)) if fill == 'blur'
+            else jnp.zeros_like(images))
   keep = seen(target_mask)[..., None]
-  batches = [keep * images, (1.0 - keep) * images]
+  batches = [keep * images + (1.0 - keep) * filler, (1.0 - keep) * images + keep * filler]
   # A weight known to be 0 skips the extra classifier pass (a traced weight computes it).
   single = not (isinstance(lambda_single, (int, float)) and lambda_single == 0)
   if single:
     single_class, single_mask = _largest_target_class_mask(segmentations, targets)
-    batches.append(seen(single_mask)[..., None] * images)
+    single_keep = seen(single_mask)[..., None]
+    batches.append(single_keep * images + (1.0 - single_keep) * filler)
   logits = jnp.split(classify(jnp.concatenate(batches)).astype(jnp.float32), len(batches))
   aux = {
       'classification': classification_loss(logits[0], targets, multilabel),
@@ -232,6 +242,20 @@ def explainer_loss(segmentations: Array, images: Array, targets: Array, classify
              'single_class': lambda_single, 'class_overlap': lambda_overlap,
              'pooled_class': lambda_pooled}
   return _weighted_total(aux, weights)
+
+
+def blurred_images(images: Array, sigma_fraction: float) -> Array:
+  """`images` blurred by a separable Gaussian of std `sigma_fraction` times each side, the kernel
+  renormalized at the borders (no darkening)."""
+  _, h, w, _ = images.shape
+
+  def blur_matrix(n):
+    sigma = max(sigma_fraction * n, 1e-3)
+    distance = jnp.arange(n)[None, :] - jnp.arange(n)[:, None]
+    band = jnp.exp(-0.5 * (distance / sigma) ** 2)
+    return band / band.sum(axis=1, keepdims=True)
+
+  return jnp.einsum('ik,bklc,jl->bijc', blur_matrix(h), images, blur_matrix(w))
 
 
 def straight_through_binary(mask: Array) -> Array:
