@@ -1,5 +1,8 @@
 """Loss functions of the Explainer and its baselines (DESIGN.md section 1).
 
+Longer than 400 lines because every loss term (the paper's, the baselines' and the non-paper
+options beside them) is kept here, pure and side by side, where the tests check them.
+
 All functions are pure, NHWC with the class axis last, jit-compatible and
 differentiable. `min_area` and `max_area` must be Python floats (they fix the
 reference masks); loss weights may be Python floats or traced scalars. Every term
