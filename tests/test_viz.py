@@ -61,6 +61,15 @@ def test_threshold_decides_bold():
   assert 'p > 0.3' in texts(fig)
 
 
+def test_single_label_bolds_the_most_probable_class_whatever_its_p():
+  inputs = figure_inputs(n=1)
+  inputs['probabilities'] = np.array([[0.2, 0.45, 0.35]], np.float32)
+  fig = viz.plot_class_masks(**inputs, multilabel=False)
+  weights = [ax.xaxis.label.get_fontweight() for ax in fig.axes[2:]]
+  assert weights == ['normal', 'bold', 'normal']
+  assert 'bold: predicted (the most probable class)' in texts(fig) and 'p > 0.5' not in texts(fig)
+
+
 def test_masks_figure_without_ground_truth_has_no_ground_truth_panel():
   fig = viz.plot_class_masks(**figure_inputs(n=1, with_ground_truth=False))
   titles = [ax.get_title() for ax in fig.axes]

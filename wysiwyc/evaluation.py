@@ -280,7 +280,8 @@ def _report(config, spec, workdir: str, results: dict, figure_batch: Optional[di
     write_results(results, workdir, smoke=config.get('smoke', False))
     if figure_batch is not None:
       viz.save_figure(viz.plot_class_masks(**_figure_inputs(figure_batch, config,
-                                                            spec.class_names)),
+                                                            spec.class_names),
+                                           multilabel=spec.multilabel),
                       os.path.join(workdir, 'figures', 'masks.png'))
     viz.save_figure(viz.plot_training_curves(histories, best_epochs),
                     os.path.join(workdir, 'figures', 'training.png'))

@@ -236,8 +236,8 @@ def explain_files(explainer: Explainer, paths: Sequence[str], out_dir: str,
     name = os.path.join(out_dir, _unique_name(os.path.splitext(os.path.basename(path))[0],
                                               used_names))
     checkpointing.write_text_atomic(f'{name}.json', json.dumps(summary, indent=2) + '\n')
-    viz.save_figure(explanation_figure(image, masks, probs, explainer.class_names, threshold),
-                    f'{name}.png')
+    viz.save_figure(explanation_figure(image, masks, probs, explainer.class_names, threshold,
+                                       explainer.multilabel), f'{name}.png')
     print(f'{path}: predicted {", ".join(summary["predicted"]) or "nothing"}; wrote {name}.png '
           f'and {name}.json')
   return problems
@@ -268,14 +268,15 @@ def scores(path: str, image: np.ndarray, masks: np.ndarray, probs: np.ndarray,
 
 
 def explanation_figure(image: np.ndarray, masks: np.ndarray, probs: np.ndarray,
-                       class_names: Sequence[str], threshold: float):
+                       class_names: Sequence[str], threshold: float, multilabel: bool = True):
   """The image and each class's mask over it (at most 160 px on the longer side), with the
-  classifier's probabilities; no ground-truth panel, a new image has none."""
+  classifier's probabilities (the predicted classes in bold, as `predicted_classes` picks them);
+  no ground-truth panel, a new image has none."""
   display = _display_size(image.shape[:2])
   small = np.asarray(Image.fromarray(image).resize(display[::-1], Image.BILINEAR))
   small_masks = np.asarray(jax.image.resize(masks, display + masks.shape[-1:], 'bilinear'))
   return viz.plot_class_masks(small[None], small_masks[None], None, None, probs[None],
-                              class_names, threshold)
+                              class_names, threshold, multilabel)
 
 
 def _display_size(shape, longest: int = 160) -> Tuple[int, int]:

@@ -36,13 +36,14 @@ def label_map_rgb(class_masks: np.ndarray) -> np.ndarray:
 
 def plot_class_masks(image: np.ndarray, masks: np.ndarray, class_masks: Optional[np.ndarray],
                      labels: Optional[np.ndarray], probabilities: np.ndarray,
-                     class_names: Sequence[str],
-                     threshold: float = PREDICTED_THRESHOLD) -> plt.Figure:
+                     class_names: Sequence[str], threshold: float = PREDICTED_THRESHOLD,
+                     multilabel: bool = True) -> plt.Figure:
   """Images in rows; columns: image, ground truth (when `class_masks` is given), then each
   class's mask over the image.
 
   Under each mask: the classifier's probability of the class, `p=`, in bold when the class is
-  predicted (p > threshold). With `labels`, the masks of the classes in the image's ground truth
+  predicted (p > threshold for a multi-label classifier; the most probable class for a
+  single-label one, `multilabel=False`). With `labels`, the masks of the classes in the image's ground truth
   are framed in the class's ground-truth colour. A caption says so; a legend names the colours.
   """
   n, num_classes = masks.shape[0], masks.shape[-1]
@@ -58,7 +59,8 @@ def plot_class_masks(image: np.ndarray, masks: np.ndarray, class_masks: Optional
     for c in range(num_classes):
       ax = axes[row, len(lead) + c]
       ax.imshow(overlay(image[row], masks[row, :, :, c]))
-      predicted = probabilities[row, c] > threshold
+      predicted = (probabilities[row, c] > threshold if multilabel
+                   else c == int(np.argmax(probabilities[row])))
       ax.set_xlabel(f'p={probabilities[row, c]:.2f}', fontsize=7,
                     fontweight='bold' if predicted else 'normal')
       if labels is not None and labels[row, c] > 0.5:
@@ -70,7 +72,8 @@ def plot_class_masks(image: np.ndarray, masks: np.ndarray, class_masks: Optional
       ax.set_yticks([])
   for ax, title in zip(axes[0], lead + list(class_names)):
     ax.set_title(title, fontsize=8)
-  caption = (f"p: the classifier's probability of the class; bold: predicted (p > {threshold:g}). "
+  rule = f'p > {threshold:g}' if multilabel else 'the most probable class'
+  caption = (f"p: the classifier's probability of the class; bold: predicted ({rule}). "
              'Red: the class\'s mask.')
   if labels is not None:
     caption += ' Framed: the class is in the ground truth.'
