@@ -2,6 +2,7 @@
 `explain.load` reads and that holds valid results; batches that break the image convention are
 one-line errors before anything is written."""
 
+import importlib.util
 import json
 import os
 import re
@@ -116,3 +117,16 @@ def test_an_apply_fn_that_does_not_give_logits_is_refused(tmp_path):
   with pytest.raises(errors.UserError, match='apply_fn.*fails on float32 images'):
     api.train_explainer(lambda v, x: v['missing'], {}, [batch()], workdir=str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()
+
+
+def test_default_config_is_the_blackbox_recipe_of_the_command_line():
+  path = os.path.join(REPO, 'configs', 'synthetic.py')
+  spec = importlib.util.spec_from_file_location('synthetic_config_for_api_test', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  blackbox = module.get_config('blackbox')
+  config = api.default_config()
+  assert config.explainer.to_dict() == blackbox.explainer.to_dict()
+  assert config.loss.to_dict() == blackbox.loss.to_dict()
+  assert config.explainer.init_from == 'distill' and config.loss.lambda_single == 0.3
+  assert api.default_config(smoke=True).explainer.init_from == 'distill'

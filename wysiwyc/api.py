@@ -57,15 +57,16 @@ VALIDATION_FRACTION = 0.1
 
 
 def default_config(smoke: bool = False) -> ml_collections.ConfigDict:
-  """The config `train_explainer` starts from: configs/synthetic.py's networks and loss (its
-  `smoke` variant when `smoke`), with the black-box start (`explainer.init_from='distill'`) and
-  the single-class term (`loss.lambda_single=0.3`), the command line's start for a classifier
-  that can only be called."""
+  """The config `train_explainer` starts from: configs/synthetic.py's `blackbox` variant (its
+  networks and the paper's loss, the black-box start `explainer.init_from='distill'`, the
+  single-class term `loss.lambda_single=0.3` and its 1500-step budget), the command line's recipe
+  for a classifier that can only be called; its `smoke` variant with the same start when `smoke`.
+  """
   path = os.path.join(config_check.CONFIGS_DIR, 'synthetic.py')
   spec = importlib.util.spec_from_file_location('wysiwyc_api_synthetic_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config('smoke' if smoke else '')
+  config = module.get_config('smoke' if smoke else 'blackbox')
   config.explainer.init_from = 'distill'
   config.loss.lambda_single = 0.3
   config.data.name = 'arrays'
