@@ -7,7 +7,8 @@ DIR holds either one subfolder per class under train/ (validation/, test/ option
 see wysiwyc/data/folder.py. The data set is prepared once into --config.data.data_dir (default
 ~/tensorflow_datasets). Then, as for the synthetic data set: a classifier trained from scratch on
 the folder (or yours: --config.classifier.checkpoint=DIR, a wysiwyc workdir or an orbax folder
-for config.classifier), the Explainer against it, the evaluation on the test split (with masks:
+for config.classifier; or an ONNX file from any framework: --config.classifier.onnx=model.onnx,
+docs/pytorch.md), the Explainer against it, the evaluation on the test split (with masks:
 the paper's protocol; without: classifier accuracy and class specificity only; no test split: no
 evaluation), figures. `wysiwyc.explain.load(W)` then explains new images.
 
@@ -27,6 +28,7 @@ import os
 
 import ml_collections
 
+from wysiwyc import onnx_classifier
 from wysiwyc.data import folder
 
 VARIANTS = ('smoke', 'resnet', 'mixer')  # the last two: configs/synthetic.py's classifier families
@@ -57,6 +59,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # The classifier is trained on the folder from scratch (the shipped one knows only the shapes),
   # or given by --config.classifier.checkpoint.
   config.classifier.checkpoint = ''
+  # Or a classifier from any framework as an ONNX file, --config.classifier.onnx=model.onnx
+  # (docs/pytorch.md): loaded, not trained; classifier.name, kwargs and checkpoint are then
+  # unused. onnx_layout: 'auto' (from the graph's input), 'NCHW' (torch) or 'NHWC';
+  # onnx_normalization: what the model takes, 'imagenet' ((x/255 - mean)/std), 'unit' (x/255)
+  # or 'pixels' (0..255); onnx_outputs: 'logits' or 'probabilities'.
+  config.classifier.update(onnx_classifier.config_fields())
   # The Explainer's encoder starts from a backbone trained to classify, as the authors' does from
   # ImageNet, with no pretraining made for one data set; its decoder from random weights. 'auto':
   # the classifier's own convolutions when they fit the encoder (this config's SimpleCNN: the
@@ -71,6 +79,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # the paper's loss alone on the texture folder (docs/own_data.md), 0.090 against 0.913 on the
   # synthetic shapes (docs/synthetic.md, Ablations).
   config.loss.lambda_single = 0.3
+  # Not in the paper: 'auto' asks the classifier whether it answers an image scaled by 0.05 as
+  # the image (it normalizes each image, e.g. group or layer norm at its input); for such a
+  # classifier a zero fill removes nothing, so the pixels a mask removes are filled with the
+  # blurred image ('blur'); any other classifier gets the paper's zeros (this config's SimpleCNN).
+  config.loss.fill = 'auto'
   # Twice the synthetic budget: on the texture folder of docs/own_data.md, 1500 steps instead of
   # 750 give class specificity other/own 0.145 instead of 0.261 and merged iou@0.5 0.958 instead
   # of 0.941 (the same classifier). decay_steps=0: the cosine decay spans the 1500 steps.

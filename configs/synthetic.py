@@ -132,7 +132,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # normalizes each image cannot read a faint mask's image as the whole image.
   config.loss.binary_masks = False
   # NOT in the paper ('zeros' = the paper's): what fills the removed pixels of the kept and dropped
-  # images; 'blur': the image blurred by a Gaussian of fill_blur_sigma times its side.
+  # images; 'blur': the image blurred by a Gaussian of fill_blur_sigma times its side; 'auto':
+  # 'blur' for a classifier that normalizes each image, else 'zeros' (stages.auto_fill).
   config.loss.fill = 'zeros'
   config.loss.fill_blur_sigma = 0.125
 
@@ -241,6 +242,9 @@ def apply_blackbox(config: ml_collections.ConfigDict) -> None:
   paper's loss (docs/any_classifier.md)."""
   config.explainer.init_from = 'distill'
   config.loss.lambda_single = 0.3
+  # The blurred image fills what a mask removes when the classifier normalizes each image (it
+  # answers an image scaled by 0.05 as the image), else the paper's zeros (stages.auto_fill).
+  config.loss.fill = 'auto'
   # Twice the default's budget (the configs/folder.py one), the cosine decay over all of it: from
   # the distilled encoder, against the shipped classifier, seed 0: per-class iou@0.5 0.743 and
   # other/own 0.103 after 1500 steps, 0.719 and 0.128 after 750.

@@ -120,6 +120,7 @@ def explainer_run(family: str, start: str, seed: int, classifier: str, directory
   if start == 'random':  # the paper's loss from random weights
     config.explainer.init_from = ''
     config.loss.lambda_single = 0.0
+    config.loss.fill = 'zeros'
   config.seed = seed
   timing_path = os.path.join(directory, 'wall_seconds.json')
   started = time.time()

@@ -144,3 +144,37 @@ def test_auto_start_copies_a_fitting_simple_cnn_and_distills_for_any_other_class
     assert model_setup.resolve_auto_start(config, explainer, variables) == 'distill'
   config.explainer.init_from = ''
   assert model_setup.resolve_auto_start(config, explainer, fitting) == ''
+
+
+def per_image_normalized(images):
+  """What a classifier that normalizes each image at its input sees: the same for x and a x."""
+  centered = images - images.mean(axis=(1, 2, 3), keepdims=True)
+  return centered / jnp.sqrt((centered ** 2).mean(axis=(1, 2, 3), keepdims=True) + 1e-12)
+
+
+def test_auto_fill_blurs_for_a_classifier_that_normalizes_each_image_and_else_keeps_zeros(
+    tmp_path):
+  config = smoke_config(str(tmp_path / 'tfds'))
+  config.loss.fill = model_setup.AUTO_FILL
+  spec = pipeline.prepare(config.data)
+  num_classes = len(spec.class_names)
+  weights = jax.random.normal(jax.random.key(0), (3, num_classes))
+  pooled = lambda x: x.mean(axis=(1, 2)) @ weights * 3.0 + x.std(axis=(1, 2, 3))[:, None]
+  plain = OpaqueClassifier(pooled)
+  normalizing = OpaqueClassifier(lambda x: pooled(per_image_normalized(x)))
+  images = next(pipeline.as_numpy(pipeline.make_dataset(config.data, 'train', 16,
+                                                        training=False, seed=0)))['image']
+  sensitivity = lambda module, multilabel: model_setup.scale_sensitivity(
+      lambda x: module.apply({}, x), images, multilabel)
+  for multilabel in (True, False):  # a ratio: softmax's small probabilities do not hide it
+    assert sensitivity(normalizing, multilabel) < 1e-3, multilabel
+    assert sensitivity(plain, multilabel) > model_setup.SCALE_INVARIANT_BELOW + 0.2, multilabel
+  assert stages.auto_fill(config, spec, normalizing, {}) == 'blur'
+  assert stages.auto_fill(config, spec, plain, {}) == 'zeros'
+  assert model_setup.fill_for_sensitivity(0.9) == 'zeros'
+
+
+def test_fill_is_auto_where_the_classifier_is_unknown_and_zeros_in_the_paper_configs():
+  assert load_config('folder').loss.fill == model_setup.AUTO_FILL
+  for name in ('voc', 'coco', 'cub', 'synthetic'):
+    assert load_config(name).loss.get('fill', 'zeros') == 'zeros', name

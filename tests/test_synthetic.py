@@ -267,7 +267,7 @@ def test_natural_variant_has_its_own_data_and_classifier():
 
 @pytest.mark.parametrize('name,start', [('classifier_start', 'classifier'),
                                         ('blackbox', 'distill')])
-def test_start_variants_change_the_start_the_single_class_term_and_budget_only(name, start):
+def test_start_variants_change_the_start_the_single_class_term_budget_and_fill_only(name, start):
   from configs import folder as folder_configs  # pylint: disable=g-import-not-at-top
   from configs import synthetic as synthetic_configs  # pylint: disable=g-import-not-at-top
   flat = lambda config: flax.traverse_util.flatten_dict(config.to_dict(), sep='.')
@@ -275,7 +275,7 @@ def test_start_variants_change_the_start_the_single_class_term_and_budget_only(n
   changed = {key for key in default if default[key] != variant[key]}
   budget = {'explainer.train.max_steps', 'explainer.train.decay_steps'}
   assert changed == {'explainer.init_from', 'loss.lambda_single'} | (
-      budget if name == 'blackbox' else set()), changed
+      budget | {'loss.fill'} if name == 'blackbox' else set()), changed
   assert (variant['explainer.init_from'], variant['loss.lambda_single']) == (start, 0.3)
   folder = folder_configs.get_config('')  # 'auto' picks one of the two by the classifier
   assert (folder.explainer.init_from, folder.loss.lambda_single) == ('auto', 0.3)

@@ -216,7 +216,8 @@ def explainer_loss(segmentations: Array, images: Array, targets: Array, classify
   target_mask, non_target_mask = extract_masks(segmentations, targets)
   seen = straight_through_binary if binary_masks else (lambda mask: mask)
   if fill not in ('zeros', 'blur'):
-    raise ValueError(f"fill must be 'zeros' or 'blur', got {fill!r}")
+    raise ValueError(f"fill must be 'zeros' or 'blur' ('auto' is resolved by the Explainer stage, "
+                     f'stages.auto_fill), got {fill!r}')
   filler = (jax.lax.stop_gradient(blurred_images(images, fill_blur_sigma)) if fill == 'blur'
             else jnp.zeros_like(images))
   keep = seen(target_mask)[..., None]

@@ -187,6 +187,35 @@ def resolve_auto_start(config, explainer: nn.Module, classifier_variables: dict)
   return CLASSIFIER_START
 
 
+AUTO_FILL = 'auto'
+# `loss.fill='auto'`: how far the classifier's answer moves from the images towards a blank
+# (zero) image when the images are only scaled by SCALE_PROBE (the zero fill of a mask of
+# SCALE_PROBE everywhere). A classifier that normalizes each image does not move at all (0.00004
+# for a group-norm SimpleCNN, 1.0 for the shipped batch-norm one): for it a faint mask keeps the
+# whole image, so the removed pixels are filled with the blurred image instead.
+SCALE_PROBE = 0.05
+SCALE_INVARIANT_BELOW = 0.5
+
+
+def scale_sensitivity(classify, images, multilabel: bool) -> float:
+  """sum |p(x) - p(SCALE_PROBE * x)| / sum |p(x) - p(0)| over `images` (ImageNet-normalized) and
+  classes, of the classifier's probabilities (sigmoid, or softmax when not `multilabel`): near 1
+  when a faint image is to it nearly a blank one, near 0 when it is the image. A ratio, so that
+  many classes of small probabilities do not make every classifier look insensitive."""
+  probabilities = jax.nn.sigmoid if multilabel else jax.nn.softmax
+  answer = lambda x: probabilities(classify(x))
+  plain = answer(images)
+  moved = jnp.abs(plain - answer(SCALE_PROBE * images)).sum()
+  blanked = jnp.abs(plain - answer(jnp.zeros_like(images))).sum()
+  return float(moved / jnp.maximum(blanked, 1e-12))
+
+
+def fill_for_sensitivity(sensitivity: float) -> str:
+  """`loss.fill` for a classifier of this `scale_sensitivity`: 'blur' when a faint image is to it
+  closer to the image than to a blank one, else the paper's 'zeros'."""
+  return 'blur' if sensitivity < SCALE_INVARIANT_BELOW else 'zeros'
+
+
 def encoder_from_classifier(explainer_variables: dict, classifier_variables: dict,
                             depth: int) -> dict:
   """The U-Net's variables with its encoder, `ConvBlock_0`..`ConvBlock_<depth>` (the bottleneck

@@ -10,16 +10,22 @@ import jax
 from jax.sharding import Mesh
 
 from wysiwyc import checkpointing
+from wysiwyc import classifier_check
 from wysiwyc import console
 from wysiwyc import data_parallel
 from wysiwyc import loop
 from wysiwyc import model_setup
+from wysiwyc import onnx_classifier
 from wysiwyc import train_steps
+from wysiwyc.data import pipeline
 from wysiwyc.models import shipped
 
 
 def classifier_stage(config, spec, workdir: str, mesh: Mesh, rng) -> tuple:
-  """Stage 1: returns (classifier module, frozen variables), training it if needed."""
+  """Stage 1: returns (classifier module, frozen variables), training it if needed; an ONNX
+  file (`classifier.onnx`) is loaded instead (`onnx_stage`)."""
+  if onnx_classifier.path_of(config):
+    return onnx_stage(config, spec, workdir, mesh)
   classifier = model_setup.build_classifier(config, spec)
   directory = os.path.join(workdir, 'classifier')
   tc = train_steps.with_schedule_length(config.classifier.train,
@@ -51,6 +57,17 @@ def classifier_stage(config, spec, workdir: str, mesh: Mesh, rng) -> tuple:
           train_steps.make_classifier_eval_step(classifier, spec.multilabel), mesh))
   state = loop.fit(stage, state, config, spec, mesh, rng)
   return classifier, state.variables()
+
+
+def onnx_stage(config, spec, workdir: str, mesh: Mesh) -> tuple:
+  """The classifier stage of an ONNX file: (its function as a module, its frozen weights);
+  records what was loaded, with the file's sha256, in `classifier/onnx.json`."""
+  loaded = onnx_classifier.from_config(config, spec.multilabel)
+  console.say(onnx_classifier.stage_line(loaded.description))
+  if jax.process_index() == 0:
+    checkpointing.write_json_atomic(onnx_classifier.record_path(workdir), loaded.description)
+  return (classifier_check.FunctionClassifier(loaded.apply_fn),
+          data_parallel.replicate(loaded.variables, mesh))
 
 
 def loaded_classifier_line(source: str) -> str:
@@ -89,6 +106,9 @@ def explainer_stage(config, spec, workdir: str, mesh: Mesh, classifier, classifi
                                       classifier_variables, jax.random.fold_in(rng, 7))
   state, tx = model_setup.initial_explainer_state(config, spec, explainer, mesh, rng,
                                                   encoder_variables)
+  if config.loss.get('fill') == model_setup.AUTO_FILL:
+    config = config.copy_and_resolve_references()
+    config.loss.fill = auto_fill(config, spec, classifier, classifier_variables)
   loss_fn = train_steps.explainer_loss_fn(config, spec.multilabel)
   train_step = train_steps.jit_train_step(
       train_steps.make_explainer_train_step(explainer, classifier, tx, loss_fn, micro_batches),
@@ -103,6 +123,25 @@ def explainer_stage(config, spec, workdir: str, mesh: Mesh, classifier, classifi
       eval_step=lambda v, b: eval_step(v, classifier_variables, b))
   state = loop.fit(stage, state, config, spec, mesh, rng)
   return explainer, state.variables()
+
+
+def auto_fill(config, spec, classifier, classifier_variables, num_images: int = 64) -> str:
+  """`loss.fill='auto'` resolved by calling the classifier on the first `num_images` training
+  images (`model_setup.scale_sensitivity`): 'blur' for a classifier that answers an image scaled
+  down nearly as it answers the image, else 'zeros'; says which on the console."""
+  batch = next(pipeline.as_numpy(pipeline.make_dataset(
+      config.data, 'train', num_images, training=False, seed=config.seed,
+      max_examples=num_images)))
+  images = batch['image'][batch['valid']]
+  sensitivity = model_setup.scale_sensitivity(
+      lambda x: classifier.apply(classifier_variables, x, train=False), images, spec.multilabel)
+  fill = model_setup.fill_for_sensitivity(sensitivity)
+  console.say(f"explainer: loss.fill='auto' -> {fill!r} (scaling an image by "
+              f"{model_setup.SCALE_PROBE:g} moves the classifier's answer {sensitivity:.2g} of "
+              'the way to its answer to a blank image; below '
+              f'{model_setup.SCALE_INVARIANT_BELOW:g} a zero fill would not remove what a mask '
+              'drops)')
+  return fill
 
 
 def distill_stage(config, spec, workdir: str, mesh: Mesh, classifier, classifier_variables,
