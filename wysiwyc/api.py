@@ -2,6 +2,8 @@
 
     from wysiwyc import api
     apply_fn, variables, class_names = api.load_classifier('zoo:synthetic_shapes_cnn')
+    # or a classifier from any framework, exported to ONNX (docs/pytorch.md):
+    # apply_fn, variables, class_names = api.load_classifier('onnx:model.onnx')
     explainer = api.train_explainer(apply_fn, variables, train_batches, class_names=class_names,
                                     workdir='workdirs/mine', test_batches=test_batches)
     masks = explainer.masks(images_uint8)          # (B,H,W,C) in [0,1]
@@ -44,6 +46,7 @@ from wysiwyc import errors
 from wysiwyc import evaluation
 from wysiwyc import explain
 from wysiwyc import models
+from wysiwyc import onnx_classifier
 from wysiwyc import run_setup
 from wysiwyc import stages
 from wysiwyc import train
@@ -78,12 +81,20 @@ def default_config(smoke: bool = False) -> ml_collections.ConfigDict:
   return config
 
 
-def load_classifier(reference: str) -> Tuple[Callable, dict, Tuple[str, ...]]:
-  """(apply_fn, variables, class names) of a shipped classifier ('zoo:NAME'), for
-  `train_explainer`; `apply_fn` takes ImageNet-normalized float32 images."""
+def load_classifier(reference: str, **onnx_convention) -> Tuple[Callable, dict, Tuple[str, ...]]:
+  """(apply_fn, variables, class names) of a shipped classifier ('zoo:NAME') or of an ONNX file
+  ('onnx:PATH'), for `train_explainer`; `apply_fn` takes ImageNet-normalized float32 images.
+
+  For an ONNX file, `onnx_convention` holds `onnx_classifier.load`'s keywords: layout ('auto',
+  'NCHW', 'NHWC'), normalization of what the model takes ('imagenet', 'unit', 'pixels'),
+  outputs ('logits', 'probabilities') and multilabel (how probabilities become logits). Its
+  class names are the file's metadata 'class_names' (a JSON list) if it has them, else
+  'class_0', 'class_1', ... (None when the graph does not say its number of classes)."""
+  if reference.startswith(onnx_classifier.PREFIX):
+    return _load_onnx_classifier(reference[len(onnx_classifier.PREFIX):], **onnx_convention)
   if not shipped.is_zoo_reference(reference):
     raise errors.UserError(f"load_classifier({reference!r}): give 'zoo:NAME' (shipped: "
-                           f"{', '.join(shipped.available())}).")
+                           f"{', '.join(shipped.available())}) or 'onnx:PATH'.")
   name = shipped.entry_name(reference)
   metadata = shipped.read_metadata(name)
   class_names = tuple(metadata['class_names'])
@@ -94,6 +105,11 @@ def load_classifier(reference: str) -> Tuple[Callable, dict, Tuple[str, ...]]:
   target = {'params': target['params'], 'batch_stats': target.get('batch_stats', {})}
   variables = shipped.load(name, jax.device_get(target))
   return (lambda v, images: module.apply(v, images, train=False)), variables, class_names
+
+
+def _load_onnx_classifier(path: str, **convention) -> Tuple[Callable, dict, Tuple[str, ...]]:
+  loaded = onnx_classifier.load(path, field='load_classifier', **convention)
+  return loaded.apply_fn, loaded.variables, onnx_classifier.class_names(path)
 
 
 def collect_batches(batches, what: str, num_classes: Optional[int] = None,

@@ -35,6 +35,7 @@ from wysiwyc import classifier_check
 from wysiwyc import errors
 from wysiwyc import image_files
 from wysiwyc import models
+from wysiwyc import onnx_classifier
 from wysiwyc import runtime
 from wysiwyc import viz
 # The pipelines' normalization, from a module that does not load TensorFlow (wysiwyc.data does).
@@ -146,8 +147,10 @@ def _restore_variables(directory: str, module, image_size: int, what: str, workd
 def load(workdir: str, apply_fn=None, variables=None) -> Explainer:
   """Loads the explainer and classifier of a trained workdir (read only).
 
-  A workdir trained by `wysiwyc.api.train_explainer` against a classifier given as a function
-  needs that function again, `apply_fn(variables, images) -> logits` (ImageNet-normalized float32
+  A workdir whose classifier is an ONNX file (`classifier.onnx`) reads the file at the path it
+  recorded, and refuses it if its sha256 changed. A workdir trained by
+  `wysiwyc.api.train_explainer` against a classifier given as a function needs that function
+  again, `apply_fn(variables, images) -> logits` (ImageNet-normalized float32
   images); its variables are read from the workdir unless `variables` is given."""
   workdir = os.path.abspath(workdir)
   for name in ('config.json', 'spec.json'):
@@ -163,6 +166,9 @@ def load(workdir: str, apply_fn=None, variables=None) -> Explainer:
   size = int(spec['image_size'])
   if config.classifier.name == classifier_check.FUNCTION_CLASSIFIER:
     return _load_with_function(workdir, config, spec, apply_fn, variables)
+  if onnx_classifier.path_of(config):  # the recorded file, refused if it changed
+    loaded = onnx_classifier.load_recorded(workdir, config, bool(spec['multilabel']))
+    return _load_with_function(workdir, config, spec, loaded.apply_fn, loaded.variables)
   try:
     classifier = classifier_check.build(config.classifier.name, num_classes,
                                         **config.classifier.kwargs)

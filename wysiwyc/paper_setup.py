@@ -15,6 +15,7 @@ Data: TFDS under `config.data.data_dir`; archives placed by hand in `config.data
 
 import ml_collections
 
+from wysiwyc import onnx_classifier
 from wysiwyc.data import coco
 from wysiwyc.data import cub
 
@@ -69,6 +70,8 @@ def base_config(data_name: str, classifier: str) -> ml_collections.ConfigDict:
 
   config.classifier = ml_collections.ConfigDict()
   config.classifier.checkpoint = ''  # a trained classifier instead of fine-tuning one
+  # Or an ONNX file from any framework (docs/pytorch.md): --config.classifier.onnx=model.onnx.
+  config.classifier.update(onnx_classifier.config_fields())
   config.classifier.trainable = 'head'  # the backbone stays frozen ('all' trains everything)
   config.classifier.train = train_config()
   set_classifier(config, classifier)

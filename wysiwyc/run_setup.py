@@ -14,6 +14,7 @@ from wysiwyc import classifier_check
 from wysiwyc import errors
 from wysiwyc import model_setup
 from wysiwyc import models
+from wysiwyc import onnx_classifier
 from wysiwyc.data import pipeline
 from wysiwyc.data import sources
 from wysiwyc.models import shipped
@@ -38,6 +39,9 @@ _NOT_TRAINING_LEAVES = ('checkpoint_every_steps',)
 
 # What `changed_settings` gives for a field that only one of the two configs has.
 ABSENT = '(absent)'
+# Fields added to the configs after workdirs were trained without them: absent from a workdir's
+# config.json and at this default in the new config, they are no change.
+ADDED_FIELDS = {f'classifier.{k}': v for k, v in onnx_classifier.config_fields().items()}
 
 
 def _lookup(config_dict: dict, dotted: str):
@@ -76,7 +80,8 @@ def changed_settings(previous: dict, current: dict, stage: str) -> list:
   old, new = _flatten(previous), _flatten(current)
   fields = sorted(set(stage_fields(stage, old)) | set(stage_fields(stage, new)))
   return [(f, old.get(f, ABSENT), new.get(f, ABSENT)) for f in fields
-          if old.get(f, ABSENT) != new.get(f, ABSENT)]
+          if old.get(f, ABSENT) != new.get(f, ABSENT)
+          and not (f not in old and f in ADDED_FIELDS and new[f] == ADDED_FIELDS[f])]
 
 
 def present_stages(workdir: str) -> list:
@@ -97,11 +102,14 @@ def retrained_stages(retrain: str) -> tuple:
 
 def check_inputs_available(config: ml_collections.ConfigDict) -> None:
   """Stops, before anything is written, when the data or pretrained weights of `config` are
-  neither on this machine nor downloadable, with one message naming all of them."""
+  neither on this machine nor downloadable, with one message naming all of them; first, an
+  ONNX classifier's file that cannot be read or holds an operator that cannot be run."""
+  if onnx_classifier.path_of(config):  # the file and its operators; its classes come later
+    onnx_classifier.from_config(config, multilabel=True)
   problems = list(pipeline.missing_data(config.data))
   # The number of classes does not matter for a weights file; 1 avoids preparing the data.
   builders = [lambda: models.build_explainer(config.explainer.name, 1, **config.explainer.kwargs)]
-  if not config.classifier.get('checkpoint', ''):
+  if not onnx_classifier.path_of(config) and not config.classifier.get('checkpoint', ''):
     builders.append(lambda: classifier_check.build(config.classifier.name, 1,
                                                    **config.classifier.kwargs))
   for build in builders:
@@ -140,6 +148,8 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str,
   """
   path = os.path.join(workdir, 'config.json')
   retrained = retrained_stages(retrain)
+  if onnx_classifier.path_of(config):
+    onnx_classifier.check_unchanged(workdir, onnx_classifier.path_of(config), retrained)
   if not os.path.exists(path):
     return
   with open(path) as f:
@@ -190,8 +200,14 @@ def check_classifier(config: ml_collections.ConfigDict, spec) -> None:
   """Stops before the workdir is written when the classifier of an Explainer run cannot be used:
   its module does not import, its factory cannot be called as `factory(num_classes, **kwargs)`,
   it does not run on the config's images, or `classifier.checkpoint` is missing or holds
-  variables of other names or shapes (`wysiwyc.classifier_check`)."""
+  variables of other names or shapes (`wysiwyc.classifier_check`); an ONNX file
+  (`classifier.onnx`) that does not take the images or give one logit a class."""
   if config.get('mode', 'explainer') != 'explainer':
+    return
+  if onnx_classifier.path_of(config):  # an ONNX file: it must take the images, give the classes
+    onnx_classifier.check(onnx_classifier.from_config(config, spec.multilabel),
+                          config.data.image_size, len(spec.class_names),
+                          onnx_classifier.path_of(config))
     return
   try:
     classifier = classifier_check.build(config.classifier.name, len(spec.class_names),
@@ -220,8 +236,8 @@ def check_split_sizes(config: ml_collections.ConfigDict, spec) -> None:
   stage that trains on it, naming the flag to change."""
   train = spec.num_examples.get('train', 0)
   fields = ['explainer.train.batch_size']
-  if config.get('mode', 'explainer') == 'explainer' and not config.classifier.get('checkpoint',
-                                                                                   ''):
+  if (config.get('mode', 'explainer') == 'explainer' and not config.classifier.get('checkpoint', '')
+      and not onnx_classifier.path_of(config)):
     fields.insert(0, 'classifier.train.batch_size')
   problems = []
   for field in fields:
