@@ -6,6 +6,7 @@ the main job trains an Explainer against an ONNX classifier and `explain.load` r
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -430,3 +431,11 @@ def test_main_command_with_an_unknown_operator_exits_2_in_one_line(tmp_path):
   lines = [line for line in done.stderr.splitlines() if line.strip()]
   assert len(lines) == 1 and 'FancyNorm' in lines[0], done.stderr
   assert not os.path.exists(workdir)
+
+
+def test_docs_list_every_supported_operator():
+  with open(os.path.join(REPO, 'docs', 'pytorch.md')) as f:
+    page = f.read()
+  section = page[page.index('## What is supported'):page.index('Not supported')]
+  missing = [op for op in onnx_import.OPS if not re.search(rf'\b{op}\b', section)]
+  assert not missing, missing
