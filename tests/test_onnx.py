@@ -333,6 +333,23 @@ def test_project_simple_cnn_exported_gives_its_logits(tmp_path):
   assert loaded.description['num_parameters'] == sum(
       a.size for a in jax.tree.leaves(variables))
   assert onnx_classifier.class_names(path) == CLASSES
+  from wysiwyc import api  # pylint: disable=g-import-not-at-top
+  apply_fn, api_variables, class_names = api.load_classifier(f'onnx:{path}')
+  assert class_names == CLASSES
+  np.testing.assert_allclose(apply_fn(api_variables, images), by_jax, rtol=1e-6, atol=1e-6)
+
+
+def test_workdirs_trained_before_the_onnx_fields_resume():
+  from wysiwyc import run_setup  # pylint: disable=g-import-not-at-top
+  config = load_config('folder', 'smoke')
+  current = json.loads(config.to_json_best_effort())
+  previous = json.loads(config.to_json_best_effort())
+  for field in onnx_classifier.config_fields():
+    del previous['classifier'][field]
+  assert run_setup.changed_settings(previous, current, 'classifier') == []
+  current['classifier']['onnx'] = 'model.onnx'
+  assert run_setup.changed_settings(previous, current, 'classifier') == [
+      ('classifier.onnx', run_setup.ABSENT, 'model.onnx')]
 
 
 def test_input_conventions_map_the_pipeline_images(tmp_path):
