@@ -27,6 +27,7 @@ import functools
 
 import ml_collections
 
+from wysiwyc import onnx_classifier
 from wysiwyc.data import synthetic
 
 
@@ -62,6 +63,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       {'width': 16, 'depth': 4, 'norm': 'batch', 'dropout': 0.0, 'stem_stride': 2,
        'pooling': 'max'})
   config.classifier.train = classifier_train_config(num_epochs=2, patience=2)
+  # Or a classifier from any framework as an ONNX file (docs/pytorch.md):
+  # --config.classifier.onnx=model.onnx, with its input convention (onnx_layout,
+  # onnx_normalization, onnx_outputs; configs/folder.py says what each takes).
+  config.classifier.update(onnx_classifier.config_fields())
 
   config.explainer = ml_collections.ConfigDict()
   config.explainer.name = 'unet'
