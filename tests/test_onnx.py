@@ -255,6 +255,15 @@ SINGLE_OPS = (
                                                        strides=[3, 3], pads=None)),
     ('average_pool_ceil', 17, lambda g, x: g.op('AveragePool', x, kernel_shape=[3, 3],
                                                 strides=[2, 2], ceil_mode=1)),
+    ('instance_norm', 17, lambda g, x: g.op('InstanceNormalization', x, g.const(np.array(
+        [1.5, 0.5, 2.0], np.float32)), g.const(np.array([0.1, -0.2, 0.3], np.float32)),
+        epsilon=1e-4)),
+    ('group_norm_per_group', 18, lambda g, x: g.op('GroupNormalization', g.conv(x, 3, 4), g.const(
+        np.array([1.5, 0.5], np.float32)), g.const(np.array([0.1, -0.2], np.float32)),
+        num_groups=2)),
+    ('group_norm_per_channel', 21, lambda g, x: g.op('GroupNormalization', g.conv(x, 3, 4),
+        g.const(np.array([1.5, 0.5, 2.0, 1.0], np.float32)), g.const(np.array(
+            [0.1, -0.2, 0.3, 0.0], np.float32)), num_groups=2)),
     ('shape_range_constant_of_shape', 17, lambda g, x: g.op('Add', x, g.op('ConstantOfShape', g.op(
         'Shape', x), value=numpy_helper.from_array(np.array([0.25], np.float32))))),
 )

@@ -293,6 +293,27 @@ def _layer_norm(node, x, scale, bias=None, axis=-1, epsilon=1e-5, stash_type=1):
   return y if bias is None else y + bias
 
 
+def _instance_norm(node, x, scale, bias, epsilon=1e-5):
+  """Each image's channels normalized over their pixels, then scaled and shifted per channel."""
+  return _group_norm(node, x, scale, bias, epsilon=epsilon, num_groups=x.shape[1])
+
+
+def _group_norm(node, x, scale, bias, epsilon=1e-5, num_groups=1, stash_type=1):
+  """Each image's channels normalized in `num_groups` groups over the group's channels and
+  pixels; `scale`/`bias` per channel (opset 21) or per group (opset 18's form)."""
+  b, c = x.shape[:2]
+  if c % num_groups:
+    raise NodeError(f'node {node.name!r} (GroupNormalization): {c} channels do not split into '
+                    f'{num_groups} groups')
+  grouped = x.reshape((b, num_groups, -1))
+  mean = grouped.mean(axis=-1, keepdims=True)
+  var = jnp.square(grouped - mean).mean(axis=-1, keepdims=True)
+  y = ((grouped - mean) * lax.rsqrt(var + epsilon)).reshape(x.shape)
+  per_channel = lambda v: (jnp.repeat(jnp.asarray(v), c // num_groups) if np.size(v) != c
+                           else jnp.asarray(v)).reshape((1, c) + (1,) * (x.ndim - 2))
+  return y * per_channel(scale) + per_channel(bias)
+
+
 # ----------------------------------------------------------------------------------------------
 # Shapes and indexing (numpy when the input is a constant or a shape).
 
@@ -481,7 +502,8 @@ OPS: Dict[str, Callable] = {
     'Conv': _conv, 'BatchNormalization': _batch_norm, 'MaxPool': _max_pool,
     'AveragePool': _average_pool, 'GlobalAveragePool': _global_pool(jnp.mean),
     'GlobalMaxPool': _global_pool(jnp.max), 'Gemm': _gemm, 'MatMul': _matmul, 'Einsum': _einsum,
-    'LayerNormalization': _layer_norm,
+    'LayerNormalization': _layer_norm, 'InstanceNormalization': _instance_norm,
+    'GroupNormalization': _group_norm,
     'ReduceMean': _reduce(np.mean, jnp.mean, 18), 'ReduceMax': _reduce(np.max, jnp.max, 18),
     'ReduceMin': _reduce(np.min, jnp.min, 18), 'ReduceSum': _reduce(np.sum, jnp.sum, 13),
     'ReduceProd': _reduce(np.prod, jnp.prod, 18),
