@@ -1,5 +1,6 @@
 """What `wysiwyc.loop` leaves for the figures: a stage's history and the epoch it kept."""
 
+import logging as pylogging
 import os
 
 import numpy as np
@@ -25,3 +26,16 @@ def test_stage_record_gives_the_kept_epoch_that_the_figure_marks(tmp_path):
   marks = [line for line in fig.axes[0].get_lines()
            if line.get_label().startswith('best checkpoint')]
   assert marks[0].get_label() == 'best checkpoint (step 8)'
+
+
+def test_reading_a_checkpoint_folder_read_only_logs_no_warning(tmp_path, caplog):
+  directory = str(tmp_path / 'best')
+  checkpointing.save(checkpointing.manager(directory, max_to_keep=1), 0,
+                     {'w': np.ones(3, np.float32)}, {'source': 'test'})
+  with caplog.at_level(pylogging.WARNING):
+    checkpointing.manager(directory, create=False)
+  assert not caplog.records, [r.getMessage() for r in caplog.records]
+  # The filter drops that notice only: other warnings of the same logger still show.
+  with caplog.at_level(pylogging.WARNING):
+    pylogging.getLogger('absl').warning('something else')
+  assert [r.getMessage() for r in caplog.records] == ['something else']

@@ -10,6 +10,7 @@ Orbax does not checksum array data, so `save` stores a CRC32 of the state in the
 
 import glob
 import json
+import logging as pylogging
 import os
 import zlib
 from typing import Any, Optional, Tuple
@@ -22,6 +23,19 @@ import orbax.checkpoint as ocp
 from wysiwyc import errors
 
 _CHECKSUM_KEY = '_state_crc32'
+
+
+class _ReadOnlyNotice(pylogging.Filter):
+  """Drops orbax's warnings that a manager is read-only (and the options it sets for that):
+  `manager(create=False)` opens it so on purpose, and a user of `explain.load` would read them
+  as a problem."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    message = record.getMessage()
+    return 'Given directory is read only' not in message and 'read_only=True' not in message
+
+
+pylogging.getLogger('absl').addFilter(_ReadOnlyNotice())
 
 
 def check_directory(directory: str) -> None:
