@@ -6,6 +6,8 @@ import importlib.util
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -130,3 +132,10 @@ def test_default_config_is_the_blackbox_recipe_of_the_command_line():
   assert config.loss.to_dict() == blackbox.loss.to_dict()
   assert config.explainer.init_from == 'distill' and config.loss.lambda_single == 0.3
   assert api.default_config(smoke=True).explainer.init_from == 'distill'
+
+
+def test_importing_the_api_prints_nothing():
+  result = subprocess.run([sys.executable, '-c', 'from wysiwyc import api'], capture_output=True,
+                          text=True, cwd=REPO, check=True,
+                          env={k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'})
+  assert result.stdout == '' and result.stderr == '', result.stderr

@@ -37,6 +37,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from wysiwyc import runtime
+runtime.quiet_native_logs([])  # Before the imports below load TensorFlow: no load-time notices.
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from wysiwyc import attribution
 from wysiwyc import checkpointing
 from wysiwyc import classifier_check
