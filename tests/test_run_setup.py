@@ -84,6 +84,18 @@ def test_stage_fields_and_changed_settings():
   assert run_setup.retrained_stages('classifier') == ('classifier', 'explainer')
 
 
+def test_workdirs_trained_before_the_fill_fields_resume_with_the_zero_fill_only():
+  config = smoke_config('/unused')
+  current = json.loads(config.to_json_best_effort())
+  previous = json.loads(config.to_json_best_effort())
+  del previous['loss']['fill'], previous['loss']['fill_blur_sigma']
+  assert current['loss']['fill'] == 'zeros'
+  assert run_setup.changed_settings(previous, current, 'explainer') == []
+  current['loss']['fill'] = 'auto'  # not what such a workdir was trained with
+  assert run_setup.changed_settings(previous, current, 'explainer') == [
+      ('loss.fill', run_setup.ABSENT, 'auto')]
+
+
 def test_results_json_says_where_its_numbers_come_from(workdir):
   with open(os.path.join(workdir, 'results.json')) as f:
     described = json.load(f)['provenance']

@@ -41,7 +41,9 @@ _NOT_TRAINING_LEAVES = ('checkpoint_every_steps',)
 ABSENT = '(absent)'
 # Fields added to the configs after workdirs were trained without them: absent from a workdir's
 # config.json and at this default in the new config, they are no change.
-ADDED_FIELDS = {f'classifier.{k}': v for k, v in onnx_classifier.config_fields().items()}
+ADDED_FIELDS = {**{f'classifier.{k}': v for k, v in onnx_classifier.config_fields().items()},
+                # the paper's zero fill, which the loss used before the field existed
+                'loss.fill': 'zeros', 'loss.fill_blur_sigma': 0.125}
 
 
 def _lookup(config_dict: dict, dotted: str):
