@@ -200,7 +200,8 @@ def test_guided_upsampling_puts_the_edge_where_the_full_resolution_guide_has_it(
 
 # ------------------------------------------------------------------ other classifier families
 
-FAMILY_KWARGS = {'resnet': dict(width=4, depth=3, blocks=1), 'mixer': dict(width=8, depth=1)}
+FAMILY_KWARGS = {'resnet': dict(width=4, depth=3, blocks=1),
+                 'mixer': dict(width=8, depth=1, norm='batch')}
 
 
 def _cheap_key(seed: int) -> jax.Array:
@@ -247,12 +248,42 @@ def test_family_computes_in_bfloat16_and_returns_float32_logits(name):
 
 
 def test_mixer_has_no_convolutions():
-  model = classifiers.build('mixer', 3, width=8, depth=1)
+  model = classifiers.build('mixer', 3, width=8, depth=1, overlap=1)
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   kernels = [leaf.shape for path, leaf in
              flax.traverse_util.flatten_dict(shapes['params']).items() if path[-1] == 'kernel']
   assert kernels and all(len(shape) == 2 for shape in kernels), kernels
-  assert shapes['params']['embed']['kernel'].shape == (8 * 8 * 3, 8)
+  assert shapes['params']['embed']['kernel'].shape == (9 * 8 * 8 * 3, 8)  # 3x3 patches
+
+
+def test_mixer_batch_norm_learns_statistics_and_evaluates_each_image_alone():
+  model = classifiers.build('mixer', 3, width=8, depth=1, norm='batch')
+  x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  variables = model.init(_cheap_key(1), x)
+  _, updates = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(
+      variables, x)
+  moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), variables['batch_stats'],
+                       updates['batch_stats'])
+  assert all(jax.tree.leaves(moved)), moved
+  apply = jax.jit(model.apply)
+  np.testing.assert_allclose(apply(variables, x)[:1], apply(variables, x[:1]), rtol=1e-5,
+                             atol=1e-5)
+  layer = classifiers.build('mixer', 3, width=8, depth=1, norm='layer')
+  assert 'batch_stats' not in jax.eval_shape(layer.init, jax.random.key(0), x)
+
+
+@pytest.mark.parametrize('overlap', [0, 1])
+def test_mixer_token_embeds_its_patch_and_overlap_patches_around_it(overlap):
+  """Without blocks, a pixel of patch (1,1) reaches the tokens whose windows hold it only."""
+  model = classifiers.build('mixer', 3, width=4, depth=0, patch=4, overlap=overlap)
+  x = jax.random.normal(jax.random.key(0), (1, 16, 16, 3))
+  variables = model.init(jax.random.key(1), x)
+  features = jax.jit(functools.partial(model.apply, method=model.features))
+  changed = np.any(np.asarray(features(variables, x.at[0, 5, 6, 1].add(1.0)))
+                   != np.asarray(features(variables, x)), axis=-1)[0]
+  rows, cols = np.nonzero(changed)
+  assert set(zip(rows, cols)) == {(1 + dy, 1 + dx) for dy in range(-overlap, overlap + 1)
+                                  for dx in range(-overlap, overlap + 1)}
 
 
 @pytest.mark.parametrize('arg', ['smoke,resnet', 'mixer,smoke'])

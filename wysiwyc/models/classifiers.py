@@ -192,26 +192,41 @@ def resnet(num_classes: int, **kwargs) -> nn.Module:
 
 class MixerBlock(nn.Module):
   """One MLP-Mixer block (Tolstikhin et al. 2021): a token-mixing MLP across the patches, then
-  a channel-mixing MLP within each patch, each after layer norm with a residual connection."""
+  a channel-mixing MLP within each patch, each after normalization (`norm`: 'layer', or 'batch'
+  over the batch and the patches) with a residual connection."""
   token_mlp_dim: int
   channel_mlp_dim: int
+  norm: str = 'layer'
   dtype: Optional[jnp.dtype] = None
 
   @nn.compact
-  def __call__(self, x):  # (B,N,C)
-    y = nn.LayerNorm(dtype=self.dtype)(x).swapaxes(1, 2)  # (B,C,N)
+  def __call__(self, x, train: bool = False):  # (B,N,C)
+    norm = functools.partial(token_norm, self.norm, train, self.dtype)
+    y = norm()(x).swapaxes(1, 2)  # (B,C,N)
     y = nn.Dense(self.token_mlp_dim, dtype=self.dtype)(y)
     y = nn.Dense(x.shape[1], dtype=self.dtype)(nn.gelu(y))
     x = x + y.swapaxes(1, 2)
-    y = nn.Dense(self.channel_mlp_dim, dtype=self.dtype)(nn.LayerNorm(dtype=self.dtype)(x))
+    y = nn.Dense(self.channel_mlp_dim, dtype=self.dtype)(norm()(x))
     return x + nn.Dense(x.shape[2], dtype=self.dtype)(nn.gelu(y))
 
 
+def token_norm(kind: str, train: Optional[bool], dtype=None) -> nn.Module:
+  """A normalization of tokens (B,N,C): 'layer' (over C), or 'batch' (per channel, over B,N;
+  `train` None: given at call time)."""
+  if kind == 'layer':
+    return nn.LayerNorm(dtype=dtype)
+  if kind == 'batch':
+    return nn.BatchNorm(use_running_average=None if train is None else not train, momentum=0.9,
+                        dtype=dtype)
+  raise ValueError(f"norm must be 'layer' or 'batch', got {kind!r}.")
+
+
 class Mixer(nn.Module):
-  """A small MLP-Mixer: non-overlapping `patch` x `patch` patches, each flattened and embedded
-  by a Dense layer to `width` channels, `depth` Mixer blocks (token MLP `token_mlp_ratio` *
-  width wide, channel MLP `mlp_ratio` * width), layer norm, the mean over the patches, a linear
-  head. No convolutions and no feature hierarchy: every block works at the patch grid.
+  """A small MLP-Mixer: the image cut into `patch` x `patch` patches, one token each, embedded by
+  a Dense layer to `width` channels from its patch and `overlap` patches on every side; `depth`
+  Mixer blocks (token MLP `token_mlp_ratio` * width wide, channel MLP `mlp_ratio` * width,
+  each after `norm`), `norm`, global pooling over the tokens (`pooling`), a linear head. No
+  convolution stack and no feature hierarchy: every block works at the patch grid.
 
   The token-mixing weights depend on the number of patches, so a model serves one image size;
   sides that the patch does not divide are padded by reflection.
@@ -222,36 +237,41 @@ class Mixer(nn.Module):
   patch: int = 8
   token_mlp_ratio: float = 1.0
   mlp_ratio: float = 4.0
-  pooling: str = 'avg'  # over the patches: 'avg', 'max', or 'avgmax' (the two concatenated)
-  embed_hidden: int = 0  # > 0: each patch is embedded by an MLP with this hidden width
+  pooling: str = 'max'  # over the patches: 'avg', 'max', or 'avgmax' (the two concatenated)
+  # Each token embeds its patch and `overlap` patches on every side (zeros past the border): a
+  # (2 * overlap + 1) * patch square, so that a window holds a whole object more often.
+  overlap: int = 1
+  norm: str = 'layer'  # 'layer', or 'batch' (per channel over the batch and the patches)
   dtype: Optional[jnp.dtype] = None
 
   def setup(self):
-    if self.embed_hidden:
-      self.embed_mlp = nn.Dense(self.embed_hidden, dtype=self.dtype)
     self.embed = nn.Dense(self.width, dtype=self.dtype)
     self.blocks = [MixerBlock(max(int(self.width * self.token_mlp_ratio), 1),
-                              max(int(self.width * self.mlp_ratio), 1), self.dtype)
+                              max(int(self.width * self.mlp_ratio), 1), self.norm, self.dtype)
                    for _ in range(self.depth)]
-    self.norm = nn.LayerNorm(dtype=self.dtype)
+    self.final_norm = token_norm(self.norm, None, self.dtype)
     self.head = nn.Dense(self.num_classes, dtype=self.dtype)
 
   def features(self, images, train: bool = False):
     """The patches' final embeddings on their grid (B,H/patch,W/patch,width), what Grad-CAM
     splits at."""
-    del train  # no batch norm, no dropout
     chex.assert_rank(images, 4)
     x = layers.pad_to_multiple(images, self.patch)
     b, h, w, c = x.shape
     p = self.patch
     x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    x = x.reshape(b, (h // p) * (w // p), p * p * c)
-    if self.embed_hidden:
-      x = nn.gelu(self.embed_mlp(x))
-    x = self.embed(x)
+    x = x.reshape(b, h // p, w // p, p * p * c)
+    if self.overlap:
+      o = self.overlap
+      padded = jnp.pad(x, ((0, 0), (o, o), (o, o), (0, 0)))
+      x = jnp.concatenate([padded[:, dy:dy + h // p, dx:dx + w // p]
+                           for dy in range(2 * o + 1) for dx in range(2 * o + 1)], axis=-1)
+    x = self.embed(x.reshape(b, (h // p) * (w // p), x.shape[-1]))
     for block in self.blocks:
-      x = block(x)
-    return self.norm(x).reshape(b, h // p, w // p, self.width)
+      x = block(x, train)
+    x = (self.final_norm(x, use_running_average=not train) if self.norm == 'batch'
+         else self.final_norm(x))
+    return x.reshape(b, h // p, w // p, self.width)
 
   def logits_from_features(self, features, train: bool = False):
     del train
