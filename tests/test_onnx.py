@@ -443,6 +443,22 @@ def test_main_job_trains_an_explainer_against_an_onnx_classifier(tmp_path, capsy
   assert snapshot(workdir) == before
 
 
+def test_a_file_is_read_once_per_version(tmp_path, monkeypatch):
+  path = str(tmp_path / 'model.onnx')
+  onnx.save(vgg_graph(), path)
+  reads = []
+  read_model = onnx_classifier.read_model
+  monkeypatch.setattr(onnx_classifier, 'read_model',
+                      lambda *args: reads.append(args) or read_model(*args))
+  first = onnx_classifier.load(path)
+  second = onnx_classifier.load(path, multilabel=False)  # the checks, then the stage
+  assert len(reads) == 1 and first.description == second.description
+  onnx.save(resnet_graph(), path)  # rewritten: read again, its own sha256
+  third = onnx_classifier.load(path)
+  assert len(reads) == 2
+  assert third.description['sha256'] == onnx_classifier.sha256(path) != first.description['sha256']
+
+
 def test_main_command_with_an_unknown_operator_exits_2_in_one_line(tmp_path):
   path = str(tmp_path / 'unknown.onnx')
   onnx.save(_with_unknown_operators(), path)

@@ -13,6 +13,7 @@ The `onnx` package is needed only when a path is given (`pip install 'wysiwyc[on
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -129,11 +130,7 @@ def load(path: str, layout: str = 'auto', normalization: str = 'imagenet',
   _choice(layout, LAYOUTS, 'onnx_layout')
   _choice(normalization, NORMALIZATIONS, 'onnx_normalization')
   _choice(outputs, OUTPUTS, 'onnx_outputs')
-  model = read_model(path, field)
-  try:
-    converted = onnx_import.convert(model)
-  except errors.UserError as error:
-    raise errors.UserError(f'{field}={path!r}: {error}') from None
+  converted, digest = _converted(path, field)
   if len(converted.input_names) != 1:
     raise errors.UserError(f'{field}={path!r}: the model takes {len(converted.input_names)} '
                            f'inputs {converted.input_names}; an image classifier takes one.')
@@ -157,10 +154,33 @@ def load(path: str, layout: str = 'auto', normalization: str = 'imagenet',
 
   params = converted.params
   description = {
-      'path': os.path.abspath(path), 'sha256': sha256(path), 'opset': converted.opset,
+      'path': os.path.abspath(path), 'sha256': digest, 'opset': converted.opset,
       'input_shape': _describe_shape(shape), 'layout': layout, 'normalization': normalization,
       'outputs': outputs, 'num_parameters': int(sum(a.size for a in params.values()))}
   return Loaded(apply_fn, {'params': dict(params)}, description)
+
+
+def _converted(path: str, field: str):
+  """(`onnx_import.convert` of the file, its sha256), read once per version of the file: the
+  checks before a run and the classifier stage each load it, and a classifier file may hold
+  hundreds of megabytes."""
+  try:
+    stat = os.stat(path)
+    version = (stat.st_mtime_ns, stat.st_size)
+  except OSError:
+    version = None  # read_model says what is wrong
+  return _read_and_convert(path, version, field)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_and_convert(path: str, version, field: str):
+  del version  # the cache key: a file rewritten since is read again
+  model = read_model(path, field)
+  try:
+    converted = onnx_import.convert(model)
+  except errors.UserError as error:
+    raise errors.UserError(f'{field}={path!r}: {error}') from None
+  return converted, sha256(path)
 
 
 def from_config(config, multilabel: bool) -> Loaded:
