@@ -23,7 +23,6 @@ mean_f1, highest other/own). The classifier's training time is in `classifiers`.
 """
 
 import copy
-import importlib.util
 import json
 import os
 import time
@@ -36,6 +35,7 @@ from wysiwyc import runtime
 runtime.quiet_logs()  # Before the imports below load TensorFlow; --verbosity=1 keeps its logs.
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from wysiwyc import checkpointing
+from wysiwyc import config_check
 from wysiwyc import data_parallel
 from wysiwyc import loop
 from wysiwyc import run_setup
@@ -69,12 +69,9 @@ SECONDS = ('distill_seconds', 'explainer_seconds', 'wall_seconds')
 
 def synthetic_config(*variants: str):
   """`configs/synthetic.py:<variants>`, loaded by path as config files are."""
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-                      'synthetic.py')
-  spec = importlib.util.spec_from_file_location('configs_synthetic', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(','.join(v for v in variants if v))
+  configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+  config = config_check.config_module('synthetic', configs).get_config(
+      ','.join(v for v in variants if v))
   if FLAGS.data_dir:
     config.data.data_dir = FLAGS.data_dir
   return config

@@ -36,7 +36,6 @@ The measures, reports and figure are `wysiwyc.shortcut_probe`; the methods and t
 the comparison harness's (`wysiwyc.compare`).
 """
 
-import importlib.util
 import os
 import sys
 from typing import Callable, Dict, Optional
@@ -55,6 +54,7 @@ from wysiwyc import runtime  # pylint: disable=g-import-not-at-top,wrong-import-
 runtime.quiet_logs()  # Before the imports below load TensorFlow; --verbosity=1 keeps its logs.
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from wysiwyc import checkpointing
+from wysiwyc import config_check
 from wysiwyc import compare as harness
 from wysiwyc import data_parallel
 from wysiwyc import errors
@@ -88,11 +88,7 @@ SLOW_METHODS = ('real_time_saliency',) + harness.SLOW_METHODS
 
 def load_config(variant: str) -> ml_collections.ConfigDict:
   """configs/synthetic.py:<variant>."""
-  path = os.path.join(REPO, 'configs', 'synthetic.py')
-  spec = importlib.util.spec_from_file_location('configs_synthetic_for_shortcut', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return config_check.config_module('synthetic', os.path.join(REPO, 'configs')).get_config(variant)
 
 
 def classifier_config(name: str, smoke: bool, explainer_steps: int, data_dir: Optional[str],

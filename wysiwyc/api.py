@@ -27,7 +27,6 @@ results.md, figures) are the main job's. A second call with the same arguments r
 the workdir; `wysiwyc.explain.load(workdir, apply_fn=apply_fn)` reads it.
 """
 
-import importlib.util
 import os
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
@@ -68,11 +67,7 @@ def default_config(smoke: bool = False) -> ml_collections.ConfigDict:
   single-class term `loss.lambda_single=0.3` and its 1500-step budget), the command line's recipe
   for a classifier that can only be called; its `smoke` variant with the same start when `smoke`.
   """
-  path = os.path.join(config_check.CONFIGS_DIR, 'synthetic.py')
-  spec = importlib.util.spec_from_file_location('wysiwyc_api_synthetic_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('smoke' if smoke else 'blackbox')
+  config = config_check.config_module('synthetic').get_config('smoke' if smoke else 'blackbox')
   config.explainer.init_from = 'distill'
   config.loss.lambda_single = 0.3
   config.data.name = 'arrays'

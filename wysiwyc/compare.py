@@ -49,7 +49,6 @@ randomized classifier's); add amortized ones to `AMORTIZED`.
 import csv
 import dataclasses
 import functools
-import importlib.util
 import math
 import os
 import time
@@ -274,11 +273,7 @@ def load_test_images(config: ml_collections.ConfigDict, num_images: int, batch_s
 
 
 def _rts_variant():
-  path = os.path.join(config_check.CONFIGS_DIR, 'synthetic.py')
-  spec = importlib.util.spec_from_file_location('configs_synthetic_for_rts', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.apply_real_time_saliency
+  return config_check.config_module('synthetic').apply_real_time_saliency
 
 
 def rts_config(config: ml_collections.ConfigDict, workdir: str, steps: int,

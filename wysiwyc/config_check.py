@@ -8,6 +8,7 @@ the tests can use it.
 
 import ast
 import difflib
+import importlib.util
 import os
 import re
 from typing import List, Optional, Sequence, Tuple
@@ -15,6 +16,16 @@ from typing import List, Optional, Sequence, Tuple
 from wysiwyc import errors
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+
+
+def config_module(name: str, folder: str = CONFIGS_DIR):
+  """`configs/<name>.py` loaded by path, as `--config=configs/<name>.py` loads it (configs/ is
+  no package): its `get_config` and variant functions."""
+  spec = importlib.util.spec_from_file_location(f'configs_{name}', os.path.join(folder,
+                                                                              f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def config_catalog(folder: str = CONFIGS_DIR) -> List[Tuple[str, str, Tuple[str, ...]]]:
