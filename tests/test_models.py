@@ -286,6 +286,37 @@ def test_mixer_token_embeds_its_patch_and_overlap_patches_around_it(overlap):
                                   for dx in range(-overlap, overlap + 1)}
 
 
+def test_spatial_shift_moves_each_quarter_of_the_channels_one_cell():
+  x = jnp.arange(2 * 3 * 4 * 9, dtype=jnp.float32).reshape(2, 3, 4, 9)
+  y = np.asarray(classifiers.spatial_shift(x))
+  x = np.asarray(x)
+  np.testing.assert_array_equal(y[:, 1:, :, 0:2], x[:, :-1, :, 0:2])  # down
+  np.testing.assert_array_equal(y[:, :-1, :, 2:4], x[:, 1:, :, 2:4])  # up
+  np.testing.assert_array_equal(y[:, :, 1:, 4:6], x[:, :, :-1, 4:6])  # right
+  np.testing.assert_array_equal(y[:, :, :-1, 6:8], x[:, :, 1:, 6:8])  # left
+  np.testing.assert_array_equal(y[..., 8], x[..., 8])  # the remainder stays
+  np.testing.assert_array_equal(y[:, 0, :, 0:2], x[:, 0, :, 0:2])  # the edge cell repeated
+
+
+def test_shift_mixer_reaches_one_more_patch_a_block_and_serves_any_image_size():
+  """Token mixing by shifts: a pixel of patch (2,2) reaches its window (overlap 1) and, per
+  block, one patch further up, down, left or right; no weight depends on the number of patches."""
+  model = classifiers.build('mixer', 3, width=8, depth=1, patch=4, overlap=1,
+                            token_mixing='shift')
+  x = jax.random.normal(jax.random.key(0), (1, 24, 24, 3))
+  variables = model.init(jax.random.key(1), x)
+  features = jax.jit(functools.partial(model.apply, method=model.features))
+  changed = np.any(np.asarray(features(variables, x.at[0, 9, 10, 1].add(1.0)))
+                   != np.asarray(features(variables, x)), axis=-1)[0]
+  window = {(r, c) for r in range(1, 4) for c in range(1, 4)}
+  one_step = {(r + dr, c + dc) for r, c in window for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1))}
+  assert set(zip(*np.nonzero(changed))) == window | one_step
+  shapes = lambda size: jax.tree.map(jnp.shape, jax.eval_shape(
+      model.init, jax.random.key(0), jnp.zeros((1, size, size, 3))))
+  assert shapes(16) == shapes(40)
+  assert model.apply(variables, jnp.zeros((2, 40, 40, 3))).shape == (2, 3)
+
+
 @pytest.mark.parametrize('arg', ['smoke,resnet', 'mixer,smoke'])
 def test_family_smoke_config_trains_a_classifier_step(arg):
   """The config variant's classifier, its optimizer and the classifier train step, on a fixed

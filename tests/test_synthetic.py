@@ -310,7 +310,9 @@ def test_classifier_family_variants_compose_with_smoke_and_scratch_in_any_order(
       jax.eval_shape(classifiers.build(family, 6, **variant.classifier.kwargs).init,
                      jax.random.key(0), jax.numpy.zeros((1, size, size, 3)))
     folder = folder_configs.get_config(family)
-    assert (folder.classifier.name, folder.classifier.kwargs.to_dict()) == (family, kwargs)
+    # The folder pools by the average (evidence spread over textures), else the family's kwargs.
+    assert (folder.classifier.name, folder.classifier.kwargs.to_dict()) == (
+        family, {**kwargs, 'pooling': 'avg'})
     assert folder.explainer.init_from != 'classifier'
     assert flat(folder_configs.get_config(f'smoke,{family}')) == flat(
         folder_configs.get_config(f'{family},smoke'))

@@ -8,8 +8,8 @@ Register your own model with `@register('my_model')` on a factory `(num_classes,
 nn.Module`, or name it in a config as `'my_package.my_module:make_model'` without registering.
 
 Registered families, each small enough to train on the synthetic shapes on a CPU: 'simple_cnn'
-(VGG-like), 'resnet' (residual, batch norm, global pooling) and 'mixer' (MLP-Mixer:
-patches, no convolutional feature hierarchy); the test bench of a black-box Explainer.
+(VGG-like), 'resnet' (residual, batch norm, global pooling) and 'mixer' (MLP-Mixer or S2-MLP:
+patches, no convolution, no feature hierarchy); the test bench of a black-box Explainer.
 """
 
 import functools
@@ -191,23 +191,48 @@ def resnet(num_classes: int, **kwargs) -> nn.Module:
 
 
 class MixerBlock(nn.Module):
-  """One MLP-Mixer block (Tolstikhin et al. 2021): a token-mixing MLP across the patches, then
-  a channel-mixing MLP within each patch, each after normalization (`norm`: 'layer', or 'batch'
-  over the batch and the patches) with a residual connection."""
+  """One MLP-Mixer block (Tolstikhin et al. 2021): a token-mixing sublayer across the patches,
+  then a channel-mixing MLP within each patch, each after normalization (`norm`: 'layer', or
+  'batch' over the batch and the patches) with a residual connection.
+
+  `token_mixing`: 'mlp' (the Mixer's: one MLP across all the patches, position-specific weights)
+  or 'shift' (S2-MLP, Yu et al. 2021: a Dense layer, a quarter of the channels moved one patch
+  in each of the four directions, a Dense layer; the same weights at every patch, so an object is
+  seen alike wherever it lies)."""
   token_mlp_dim: int
   channel_mlp_dim: int
   norm: str = 'layer'
+  token_mixing: str = 'mlp'
   dtype: Optional[jnp.dtype] = None
 
   @nn.compact
-  def __call__(self, x, train: bool = False):  # (B,N,C)
+  def __call__(self, x, grid, train: bool = False):  # x (B,N,C), grid (H,W) with H*W = N
     norm = functools.partial(token_norm, self.norm, train, self.dtype)
-    y = norm()(x).swapaxes(1, 2)  # (B,C,N)
-    y = nn.Dense(self.token_mlp_dim, dtype=self.dtype)(y)
-    y = nn.Dense(x.shape[1], dtype=self.dtype)(nn.gelu(y))
-    x = x + y.swapaxes(1, 2)
+    if self.token_mixing == 'mlp':
+      y = norm()(x).swapaxes(1, 2)  # (B,C,N)
+      y = nn.Dense(self.token_mlp_dim, dtype=self.dtype)(y)
+      y = nn.Dense(x.shape[1], dtype=self.dtype)(nn.gelu(y)).swapaxes(1, 2)
+    elif self.token_mixing == 'shift':
+      y = nn.gelu(nn.Dense(x.shape[2], dtype=self.dtype)(norm()(x)))
+      y = spatial_shift(y.reshape(x.shape[0], *grid, x.shape[2])).reshape(x.shape)
+      y = nn.Dense(x.shape[2], dtype=self.dtype)(y)
+    else:
+      raise ValueError(f"token_mixing must be 'mlp' or 'shift', got {self.token_mixing!r}.")
+    x = x + y
     y = nn.Dense(self.channel_mlp_dim, dtype=self.dtype)(norm()(x))
     return x + nn.Dense(x.shape[2], dtype=self.dtype)(nn.gelu(y))
+
+
+def spatial_shift(x):
+  """(B,H,W,C): the four quarters of the channels moved one cell down, up, right and left (the
+  edge cell repeated), the rest in place."""
+  q = x.shape[-1] // 4
+  parts = [jnp.concatenate([x[:, :1, :, :q], x[:, :-1, :, :q]], axis=1),
+           jnp.concatenate([x[:, 1:, :, q:2 * q], x[:, -1:, :, q:2 * q]], axis=1),
+           jnp.concatenate([x[:, :, :1, 2 * q:3 * q], x[:, :, :-1, 2 * q:3 * q]], axis=2),
+           jnp.concatenate([x[:, :, 1:, 3 * q:4 * q], x[:, :, -1:, 3 * q:4 * q]], axis=2),
+           x[..., 4 * q:]]
+  return jnp.concatenate(parts, axis=-1)
 
 
 def token_norm(kind: str, train: Optional[bool], dtype=None) -> nn.Module:
@@ -224,12 +249,14 @@ def token_norm(kind: str, train: Optional[bool], dtype=None) -> nn.Module:
 class Mixer(nn.Module):
   """A small MLP-Mixer: the image cut into `patch` x `patch` patches, one token each, embedded by
   a Dense layer to `width` channels from its patch and `overlap` patches on every side; `depth`
-  Mixer blocks (token MLP `token_mlp_ratio` * width wide, channel MLP `mlp_ratio` * width,
-  each after `norm`), `norm`, global pooling over the tokens (`pooling`), a linear head. No
-  convolution stack and no feature hierarchy: every block works at the patch grid.
+  Mixer blocks (token mixing `token_mixing`: an MLP `token_mlp_ratio` * width wide across the
+  patches, or spatial shifts; channel MLP `mlp_ratio` * width; each after `norm`), `norm`, global
+  pooling over the tokens (`pooling`), a linear head. No convolution and no feature hierarchy:
+  every block works at the patch grid.
 
-  The token-mixing weights depend on the number of patches, so a model serves one image size;
-  sides that the patch does not divide are padded by reflection.
+  With `token_mixing='mlp'` the token-mixing weights depend on the number of patches, so a model
+  serves one image size; 'shift' serves any. Sides that the patch does not divide are padded by
+  reflection.
   """
   num_classes: int
   width: int = 64
@@ -242,12 +269,14 @@ class Mixer(nn.Module):
   # (2 * overlap + 1) * patch square, so that a window holds a whole object more often.
   overlap: int = 1
   norm: str = 'layer'  # 'layer', or 'batch' (per channel over the batch and the patches)
+  token_mixing: str = 'mlp'  # 'mlp' or 'shift' (MixerBlock)
   dtype: Optional[jnp.dtype] = None
 
   def setup(self):
     self.embed = nn.Dense(self.width, dtype=self.dtype)
     self.blocks = [MixerBlock(max(int(self.width * self.token_mlp_ratio), 1),
-                              max(int(self.width * self.mlp_ratio), 1), self.norm, self.dtype)
+                              max(int(self.width * self.mlp_ratio), 1), self.norm,
+                              self.token_mixing, self.dtype)
                    for _ in range(self.depth)]
     self.final_norm = token_norm(self.norm, None, self.dtype)
     self.head = nn.Dense(self.num_classes, dtype=self.dtype)
@@ -268,7 +297,7 @@ class Mixer(nn.Module):
                            for dy in range(2 * o + 1) for dx in range(2 * o + 1)], axis=-1)
     x = self.embed(x.reshape(b, (h // p) * (w // p), x.shape[-1]))
     for block in self.blocks:
-      x = block(x, train)
+      x = block(x, (h // p, w // p), train)
     x = (self.final_norm(x, use_running_average=not train) if self.norm == 'batch'
          else self.final_norm(x))
     return x.reshape(b, h // p, w // p, self.width)
