@@ -302,8 +302,9 @@ def apply_shortcut_control(config: ml_collections.ConfigDict) -> None:
 
 # Classifiers of other families than the SimpleCNN (wysiwyc/models/classifiers.py), each with
 # the defaults of its variant. CPU seconds per classifier training step at batch 64, 64 px, on the
-# shared 2-core machine (experiments/bench_steps.py): simple_cnn 0.13, resnet 0.27, mixer 0.17;
-# per Explainer step (batch 32) with each of them: 0.31, 0.44, 0.44.
+# shared 2-core machine (experiments/bench_steps.py): simple_cnn 0.13, resnet 0.27; per Explainer
+# step (batch 32) with each of them: 0.31, 0.44. The mixer, from its runs alone on the 2 cores
+# (docs/any_classifier.md): 0.50 per classifier step, 0.64 per Explainer step.
 CLASSIFIER_FAMILIES = {
     # 3 stages of 2 basic blocks each, widths 16/32/64 at 32/16/8 px (after a space-to-depth
     # stem), global max pooling. Validation per-class accuracy after 2 of the `scratch` recipe's
