@@ -227,12 +227,13 @@ def spatial_shift(x):
   """(B,H,W,C): the four quarters of the channels moved one cell down, up, right and left (the
   edge cell repeated), the rest in place."""
   q = x.shape[-1] // 4
-  parts = [jnp.concatenate([x[:, :1, :, :q], x[:, :-1, :, :q]], axis=1),
-           jnp.concatenate([x[:, 1:, :, q:2 * q], x[:, -1:, :, q:2 * q]], axis=1),
-           jnp.concatenate([x[:, :, :1, 2 * q:3 * q], x[:, :, :-1, 2 * q:3 * q]], axis=2),
-           jnp.concatenate([x[:, :, 1:, 3 * q:4 * q], x[:, :, -1:, 3 * q:4 * q]], axis=2),
-           x[..., 4 * q:]]
-  return jnp.concatenate(parts, axis=-1)
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='edge')
+  h, w = x.shape[1:3]
+  # The window at (dy, dx) of the padded grid shows each cell's neighbour at (dy - 1, dx - 1).
+  window = lambda dy, dx, channels: padded[:, dy:dy + h, dx:dx + w, channels]
+  return jnp.concatenate([window(0, 1, slice(0, q)), window(2, 1, slice(q, 2 * q)),
+                          window(1, 0, slice(2 * q, 3 * q)), window(1, 2, slice(3 * q, 4 * q)),
+                          x[..., 4 * q:]], axis=-1)
 
 
 def token_norm(kind: str, train: Optional[bool], dtype=None) -> nn.Module:
